@@ -1,0 +1,35 @@
+# Two commands on a fresh clone:  make run  (default benchmark)  and  make test  (test suite).
+# Both build .venv first: torch==2.13.0 (CPU wheel) before everything else, so nothing pulls a CUDA torch.
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+SNAKEMAKE := $(VENV)/bin/snakemake
+CORES     ?= 2
+SNAPSHOTS ?= ../shared/hf
+SMK_ARGS  ?=
+
+.PHONY: venv run smoke paper report test test-fast clean
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+run: venv                     ## the default benchmark (config.yaml) -> results/
+	$(SNAKEMAKE) --cores $(CORES) --config snapshots=$(SNAPSHOTS) $(SMK_ARGS)
+
+smoke: venv                   ## tiny end-to-end run (configs/smoke.yaml), a few minutes
+	$(SNAKEMAKE) --cores $(CORES) --configfile configs/smoke.yaml --config snapshots=$(SNAPSHOTS) $(SMK_ARGS)
+
+paper: venv                   ## full-scale DistilBERT experiment (needs the hub or snapshots, and GPUs)
+	$(SNAKEMAKE) --cores $(CORES) --configfile configs/paper.yaml $(SMK_ARGS)
+
+test: venv                    ## every test, the end-to-end Snakemake runs included
+	LORABENCH_SNAPSHOTS=$(SNAPSHOTS) $(VENV)/bin/pytest -m "not slurm" tests
+
+test-fast: venv               ## unit tests only
+	LORABENCH_SNAPSHOTS=$(SNAPSHOTS) $(VENV)/bin/pytest -m "not e2e and not slurm" tests
+
+clean:                        ## remove generated results and caches (keeps .venv)
+	rm -rf results/runs results/logs results/benchmarks results/figures results/*.csv resources .snakemake

@@ -1,0 +1,24 @@
+# lorabench: fine-tune with parameter-efficient methods and measure what each costs and buys.
+#   snakemake --cores 2                               default benchmark (config.yaml)
+#   snakemake --cores 2 --configfile configs/smoke.yaml
+# A --configfile replaces config.yaml entirely (no silent merge of method lists); --config KEY=VALUE
+# overrides single keys on top of whichever file is used.
+import os
+
+if not workflow.overwrite_configfiles:
+    configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/fetch.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    input:
+        "results/summary.csv",
+        expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "svg"]),
+    default_target: True

@@ -1,0 +1,42 @@
+"""results/summary.csv: one row per (dataset, model, method, seed), one column per metric, units in names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lorabench.utils import read_json
+
+ID_COLUMNS = ["dataset", "model_repo", "method", "seed", "task", "train_split", "eval_split"]
+# Lists and nested records stay in the per-run JSON files; the summary keeps scalars.
+DROP = {"loss_curve", "epoch_times_s", "versions"}
+
+
+def run_row(train_metrics: dict, eval_metrics: dict) -> dict:
+    row = {k: v for k, v in train_metrics.items() if k not in DROP}
+    row.update(eval_metrics)
+    versions = train_metrics.get("versions", {})
+    row["torch_version"] = versions.get("torch")
+    row["peft_version"] = versions.get("peft")
+    row["trainable_pct"] = 100.0 * row["trainable_params"] / row["total_params"]
+    return row
+
+
+def summarize(train_files, eval_files) -> pd.DataFrame:
+    rows = []
+    for tf, ef in zip(sorted(map(str, train_files)), sorted(map(str, eval_files))):
+        if Path(tf).parent != Path(ef).parent:
+            raise ValueError(f"train and eval files do not pair up: {tf} vs {ef}")
+        rows.append(run_row(read_json(tf), read_json(ef)))
+    df = pd.DataFrame(rows)
+    first = [c for c in ID_COLUMNS if c in df.columns]
+    df = df[first + sorted(c for c in df.columns if c not in first)]
+    return df.sort_values(["dataset", "method", "seed"]).reset_index(drop=True)
+
+
+def write_summary(train_files, eval_files, out_csv) -> pd.DataFrame:
+    df = summarize(train_files, eval_files)
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_csv, index=False)
+    return df

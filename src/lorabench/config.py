@@ -1,0 +1,202 @@
+"""Configuration: schema validation with messages that name the key, and typed views of config slices."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key, what was given and what is allowed."""
+
+
+def _key_path(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties" or error.validator == "unevaluatedProperties":
+        allowed = sorted(schema.get("properties", {})) if isinstance(schema.get("properties"), dict) else []
+        extra = error.message
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"config key '{key}': {extra}{hint}"
+    if error.validator == "propertyNames":
+        allowed = schema.get("propertyNames", {}).get("enum", [])
+        return f"config key '{key}': {error.message}; allowed: {', '.join(map(str, allowed))}"
+    desc = schema.get("description")
+    msg = f"config key '{key}': {error.message}"
+    if desc:
+        msg += f" ({desc.strip()})"
+    return msg
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _fill_defaults(config: dict, schema: dict) -> None:
+    """Fill ``default`` values of the schema into the config (the parts Snakemake jobs read)."""
+    method_defs = schema["properties"]["methods"]["properties"]
+    for name, params in config.get("methods", {}).items():
+        for key, sub in method_defs.get(name, {}).get("properties", {}).items():
+            if "default" in sub:
+                params.setdefault(key, sub["default"])
+    for section in ("training", "evaluation"):
+        for key, sub in schema["properties"][section]["properties"].items():
+            if "default" in sub:
+                config[section].setdefault(key, sub["default"])
+    for ds in config["datasets"].values():
+        ds.setdefault("config_name", None)
+        ds.setdefault("num_labels", 2)
+        ds.setdefault("label_field", None)
+        ds.setdefault("stride", ds["max_length"])
+    for model in config["models"].values():
+        model.setdefault("gguf_file", None)
+        model.setdefault("target_modules", None)
+    config.setdefault("device", "auto")
+    config.setdefault("baseline_method", "lora")
+    config.setdefault("cost_per_device_hour", {})
+
+
+def snapshot_path(snapshots: str, kind: str, repo: str) -> Path:
+    """Where a hub repo lives inside a snapshot folder (kind is 'models' or 'datasets')."""
+    return Path(snapshots) / kind / repo
+
+
+def _semantic_checks(config: dict) -> None:
+    from lorabench.methods import METHODS  # registry; imported lazily (pulls in torch)
+
+    for name in config["methods"]:
+        if name not in METHODS:
+            raise ConfigError(f"config key 'methods.{name}': no such method; registered: {', '.join(sorted(METHODS))}")
+    for ds_name, ds in config["datasets"].items():
+        if ds["model"] not in config["models"]:
+            raise ConfigError(
+                f"config key 'datasets.{ds_name}.model': '{ds['model']}' is not a key of 'models' "
+                f"(defined: {', '.join(config['models'])})"
+            )
+        if ds["task"] == "classification" and not ds.get("label_field"):
+            raise ConfigError(f"config key 'datasets.{ds_name}.label_field': required for task 'classification'")
+        if ds["stride"] > ds["max_length"]:
+            raise ConfigError(
+                f"config key 'datasets.{ds_name}.stride': {ds['stride']} exceeds max_length {ds['max_length']}; "
+                "windows would skip tokens (allowed: 1..max_length)"
+            )
+    for name, params in config["methods"].items():
+        if "prune_start_frac" in params and params["prune_start_frac"] > params["prune_end_frac"]:
+            raise ConfigError(
+                f"config key 'methods.{name}.prune_start_frac': {params['prune_start_frac']} is after "
+                f"prune_end_frac {params['prune_end_frac']} (allowed: start <= end)"
+            )
+    if len(config["methods"]) > 1 and config["baseline_method"] not in config["methods"]:
+        raise ConfigError(
+            f"config key 'baseline_method': '{config['baseline_method']}' is not among the configured methods "
+            f"({', '.join(config['methods'])})"
+        )
+    _check_sources(config)
+    _check_ranks(config)
+
+
+def _check_sources(config: dict) -> None:
+    """Every repo must be reachable: present in the snapshot folder, or the hub allowed."""
+    snapshots = config["snapshots"]
+    repos = [("models", m["repo"], f"models.{k}.repo") for k, m in config["models"].items()]
+    repos += [("datasets", d["repo"], f"datasets.{k}.repo") for k, d in config["datasets"].items()]
+    if snapshots:
+        if not Path(snapshots).is_dir():
+            raise ConfigError(
+                f"config key 'snapshots': folder '{snapshots}' does not exist; give a folder laid out like "
+                "../shared/hf (--config snapshots=PATH) or '' to download from the hub"
+            )
+        for kind, repo, key in repos:
+            if not snapshot_path(snapshots, kind, repo).is_dir():
+                raise ConfigError(
+                    f"config key '{key}': '{repo}' has no snapshot at {snapshot_path(snapshots, kind, repo)}; "
+                    f"download it where the hub is reachable (hf download {repo} "
+                    f"{'--repo-type dataset ' if kind == 'datasets' else ''}--local-dir "
+                    f"SNAPSHOTS/{kind}/{repo}) or point --config snapshots=PATH at a folder that has it"
+                )
+    elif os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        raise ConfigError(
+            f"config key 'snapshots': empty (download from the hub) but HF_HUB_OFFLINE is set, so "
+            f"'{repos[0][1]}' cannot be fetched; set --config snapshots=PATH to a folder laid out like ../shared/hf"
+        )
+
+
+def _check_ranks(config: dict) -> None:
+    """A rank larger than the smallest adapted layer is refused (read from the snapshot's config.json)."""
+    from lorabench.models import smallest_layer_width
+
+    for ds_name, ds in config["datasets"].items():
+        model = config["models"][ds["model"]]
+        width = smallest_layer_width(config["snapshots"], model)
+        if width is None:
+            continue
+        for name, params in config["methods"].items():
+            if params.get("r", 0) > width:
+                raise ConfigError(
+                    f"config key 'methods.{name}.r': rank {params['r']} exceeds the smallest adapted layer width "
+                    f"{width} of model '{ds['model']}' (dataset {ds_name}); allowed: 1..{width}"
+                )
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate against the schema, fill defaults, check cross-references; raise ConfigError naming the key."""
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    if errors:
+        # The deepest error under oneOf/$ref is the one that names the field.
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(_explain(best))
+    _fill_defaults(config, schema)
+    _semantic_checks(config)
+    return config
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    with open(path) as fh:
+        config = yaml.safe_load(fh)
+    config.update(overrides or {})
+    return validate_config(config)
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Settings shared by every method, so that runs differ only in the method (and its learning rate)."""
+
+    epochs: int
+    """Passes over the training subset."""
+    batch_size: int
+    """Examples per micro-batch."""
+    grad_accum_steps: int
+    """Micro-batches per optimizer step."""
+    warmup_ratio: float
+    """Fraction of optimizer steps with linear warmup; linear decay to zero afterwards."""
+    weight_decay: float
+    """AdamW weight decay."""
+    max_grad_norm: float
+    """Gradient clipping norm."""
+    subset_seed: int
+    """Seed of the fixed data subsets (identical for every run)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps; None runs every epoch."""
+    mlm_probability: float = 0.15
+    """Masking rate for masked-LM training and evaluation."""
+    checkpoint_every: int = 0
+    """Optimizer steps between resumable checkpoints; 0 disables them."""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingSettings":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

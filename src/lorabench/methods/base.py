@@ -1,0 +1,118 @@
+"""The method interface and registry. Defaults are the plain case; each method overrides what differs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(name: str):
+    def deco(cls):
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+ADAPTER_MARKERS = ("lora_", "hira_")
+
+
+def count_parameters(model: torch.nn.Module, head_modules: list[str]) -> dict[str, int]:
+    """Trainable parameters split into adapter weights and the task head (modules_to_save copies)."""
+    adapter = head = other = 0
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        n = p.numel()
+        if any(m in name for m in ADAPTER_MARKERS):
+            adapter += n
+        elif any(f".{h}." in f".{name}" for h in head_modules):
+            head += n
+        else:
+            other += n
+    # 4-bit weights are packed two per byte; count the logical elements so totals compare across methods.
+    total = 0
+    for p in model.parameters():
+        total += p.numel() * (2 if getattr(p, "quant_state", None) is not None or type(p).__name__ == "Params4bit" else 1)
+    return {
+        "trainable_params": adapter + head + other,
+        "adapter_params": adapter,
+        "head_params": head,
+        "other_trainable_params": other,
+        "total_params": total,
+    }
+
+
+class Method:
+    """Base class; subclasses are registered with ``@register("name")``."""
+
+    #: True when the saved folder is a PEFT adapter (loaded on top of the base), False for a full model.
+    saves_adapter = True
+
+    def __init__(self, name: str, params: dict, target_modules: list[str]):
+        self.name = name
+        self.params = dict(params)
+        self.target_modules = target_modules
+        self.optimizer_name = "torch.optim.AdamW"
+
+    # --- model ---------------------------------------------------------------------------------
+    def build(self, loader) -> torch.nn.Module:
+        """Load the base with ``loader`` and make it trainable the method's way."""
+        raise NotImplementedError
+
+    def load_trained(self, loader, saved_dir: str | Path) -> torch.nn.Module:
+        """Load what ``save`` wrote, ready for evaluation."""
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(self.load_base(loader), str(saved_dir))
+
+    def load_base(self, loader) -> torch.nn.Module:
+        return loader.load()
+
+    def save(self, model: torch.nn.Module, out_dir: str | Path) -> None:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+
+    # --- training hooks (no-ops by default) -----------------------------------------------------
+    def make_optimizer(self, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def regularization(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """Extra loss added to the task loss (e.g. L1 on adapters); None for none."""
+        return None
+
+    def on_optimizer_step(self, model: torch.nn.Module, step: int, total_steps: int) -> None:
+        """Called after every optimizer step (pruning schedules, masks)."""
+
+    def finalize(self, model: torch.nn.Module) -> None:
+        """Called once after the last optimizer step, before saving (e.g. reach the final sparsity)."""
+
+    def state_dict(self) -> dict:
+        """Method state a resumable checkpoint must carry (e.g. pruning masks)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    # --- reporting ------------------------------------------------------------------------------
+    def report(self, model: torch.nn.Module) -> dict:
+        """Method-specific columns for the summary (sparsity, bits of the base weights, optimizer)."""
+        return {"optimizer": self.optimizer_name, "base_weight_bits": base_weight_bits(model)}
+
+
+def base_weight_bits(model: torch.nn.Module) -> int:
+    """Bits per weight of the frozen base, read from the loaded Linear layers (not from the config)."""
+    bits = set()
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        if not isinstance(module, torch.nn.Linear) or w is None:
+            continue
+        if type(w).__name__ == "Params4bit":
+            bits.add(4)
+        elif w.dtype == torch.int8:
+            bits.add(8)
+        else:
+            bits.add(torch.finfo(w.dtype).bits)
+    return min(bits) if bits else 32

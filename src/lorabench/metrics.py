@@ -1,0 +1,35 @@
+"""Task metrics computed from per-example outputs (pure functions, tested on hand-computed cases)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def accuracy(labels, preds) -> float:
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    if labels.size == 0:
+        raise ValueError("accuracy of an empty set")
+    return float((labels == preds).mean())
+
+
+def macro_f1(labels, preds) -> float:
+    """Unweighted mean of per-class F1 over the classes present in labels or predictions."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    scores = []
+    for c in np.union1d(labels, preds):
+        tp = np.sum((preds == c) & (labels == c))
+        fp = np.sum((preds == c) & (labels != c))
+        fn = np.sum((preds != c) & (labels == c))
+        denom = 2 * tp + fp + fn
+        scores.append(0.0 if denom == 0 else 2 * tp / denom)
+    return float(np.mean(scores))
+
+
+def perplexity(nll_sum, token_count) -> float:
+    """exp of the mean token negative log-likelihood (natural log), pooled over windows."""
+    total_tokens = float(np.sum(token_count))
+    if total_tokens <= 0:
+        raise ValueError("perplexity over zero tokens")
+    return float(math.exp(float(np.sum(nll_sum)) / total_tokens))

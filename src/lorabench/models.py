@@ -1,0 +1,121 @@
+"""Pretrained models: fetching into resources/, the target-module table, loading for a task."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+# Linear layers adapted by default, by architecture (config.model_type). Override per model in config.
+TARGET_MODULES: dict[str, list[str]] = {
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+    "bert": ["query", "key", "value", "dense"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+# Files copied from a snapshot: configs, tokenizers and safetensors weights only (never pickles).
+_COPY_SUFFIXES = (".json", ".txt", ".model", ".safetensors")
+
+
+def target_modules_for(model_type: str, override: list[str] | None = None) -> list[str]:
+    if override:
+        return list(override)
+    try:
+        return list(TARGET_MODULES[model_type])
+    except KeyError:
+        raise ValueError(
+            f"no target-module entry for architecture '{model_type}'; known: {', '.join(TARGET_MODULES)}. "
+            "Set models.<name>.target_modules in the config."
+        ) from None
+
+
+def fetch_model(repo: str, snapshots: str, out_dir: str | Path, gguf_file: str | None = None) -> None:
+    """Materialize a hub repo as an ordinary safetensors folder in ``out_dir`` (written atomically)."""
+    from lorabench.config import snapshot_path
+    from lorabench.hub import download_repo
+    from lorabench.utils import atomic_dir
+
+    src = snapshot_path(snapshots, "models", repo) if snapshots else download_repo(repo, "model", gguf_file)
+    with atomic_dir(out_dir) as tmp:
+        if gguf_file:
+            # GGUF is dequantized once here, so every later job loads plain safetensors quickly.
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
+            # The weights are already dequantized to float32; drop the GGUF marker so they save as plain
+            # safetensors (transformers refuses to serialize a model it still thinks is GGUF-quantized).
+            model.hf_quantizer = None
+            for holder in (model.config, getattr(model, "generation_config", None)):
+                if holder is not None and hasattr(holder, "quantization_config"):
+                    delattr(holder, "quantization_config")
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+        else:
+            for f in Path(src).iterdir():
+                if f.is_file() and f.suffix in _COPY_SUFFIXES:
+                    shutil.copy2(f, tmp / f.name)
+            if not any(tmp.glob("*.safetensors")):
+                raise FileNotFoundError(f"{src} has no .safetensors weights; lorabench loads no pickled weights")
+        (tmp / "lorabench_source.json").write_text(json.dumps({"repo": repo, "gguf_file": gguf_file}))
+
+
+def smallest_layer_width(snapshots: str, model: dict) -> int | None:
+    """Smallest in/out width among adapted layers, from the snapshot's config.json (None if unknown)."""
+    from lorabench.config import snapshot_path
+
+    if not snapshots or model.get("gguf_file"):
+        return None
+    cfg_file = snapshot_path(snapshots, "models", model["repo"]) / "config.json"
+    if not cfg_file.exists():
+        return None
+    cfg = json.loads(cfg_file.read_text())
+    widths = [cfg.get(k) for k in ("hidden_size", "dim", "intermediate_size", "hidden_dim")]
+    widths = [w for w in widths if isinstance(w, int)]
+    return min(widths) if widths else None
+
+
+def language_model_kind(config) -> str:
+    """'causal' for decoders, 'masked' for encoders: the model, not the config, decides perplexity's kind."""
+    archs = getattr(config, "architectures", None) or []
+    if getattr(config, "is_decoder", False) or any(a.endswith("ForCausalLM") for a in archs):
+        return "causal"
+    return "masked"
+
+
+class ModelLoader:
+    """Loads the fetched base model with the head its task needs; methods call it (QLoRA with quantization)."""
+
+    def __init__(self, model_dir: str | Path, task: str, num_labels: int = 2, target_override=None):
+        from transformers import AutoConfig
+
+        self.model_dir = str(model_dir)
+        self.task = task
+        self.num_labels = num_labels
+        self.config = AutoConfig.from_pretrained(self.model_dir)
+        self.lm_kind = language_model_kind(self.config) if task == "language_modeling" else None
+        self.target_modules = target_modules_for(self.config.model_type, target_override)
+
+    @property
+    def peft_task_type(self) -> str | None:
+        return {"classification": "SEQ_CLS", "language_modeling": "CAUSAL_LM" if self.lm_kind == "causal" else None}[
+            self.task
+        ]
+
+    @property
+    def head_modules(self) -> list[str]:
+        """Task-head modules that stay in full precision and train with every method."""
+        return ["classifier", "score", "pre_classifier"] if self.task == "classification" else []
+
+    def load(self, path: str | None = None, **kwargs) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+        path = path or self.model_dir
+        kwargs.setdefault("use_safetensors", True)  # never unpickle weights
+        if self.task == "classification":
+            return AutoModelForSequenceClassification.from_pretrained(path, num_labels=self.num_labels, **kwargs)
+        if self.lm_kind == "causal":
+            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        return AutoModelForMaskedLM.from_pretrained(path, **kwargs)

@@ -1,0 +1,79 @@
+"""One benchmark run end to end: what the train and evaluate jobs call with their slice of the config."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from lorabench.config import TrainingSettings
+from lorabench.data import EVAL, TRAIN, Collator, load_tokenized
+from lorabench.evaluate import evaluate
+from lorabench.methods import build_method, count_parameters
+from lorabench.models import ModelLoader
+from lorabench.trainer import RunId, train
+from lorabench.utils import (atomic_dir, device_name, package_versions, peak_rss_mb, resolve_device,
+                             seed_everything, set_threads, write_json)
+
+
+def _setup(model_dir, dataset: dict, model_cfg: dict, method_name: str, method_params: dict, threads: int):
+    set_threads(threads)
+    loader = ModelLoader(model_dir, dataset["task"], dataset.get("num_labels", 2), model_cfg.get("target_modules"))
+    method = build_method(method_name, method_params, loader.target_modules)
+    return loader, method
+
+
+def _collator(loader: ModelLoader, mlm_probability: float) -> Collator:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(loader.model_dir)
+    return Collator(tok, masked_lm=loader.lm_kind == "masked", mlm_probability=mlm_probability)
+
+
+def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, dataset_name: str, dataset: dict,
+              model_cfg: dict, method_name: str, method_params: dict, training: dict, seed: int,
+              threads: int, device: str, cost_per_device_hour: dict) -> dict:
+    baseline = peak_rss_mb()  # after imports: the memory column measures the run, not the libraries
+    loader, method = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads)
+    settings = TrainingSettings.from_dict(training)
+    dev = resolve_device(device)
+    seed_everything(seed)
+    model = method.build(loader)
+    counts = count_parameters(model, loader.head_modules)
+    rows = load_tokenized(tokenized_dir, TRAIN).to_list()
+    run = RunId(method_name, dataset_name, seed)
+    wall = time.perf_counter()
+    result = train(model, method, rows, _collator(loader, settings.mlm_probability), settings,
+                   method_params["lr"], seed, dev, run, baseline)
+    with atomic_dir(out_model_dir) as tmp:
+        method.save(model, tmp)
+    hours = (time.perf_counter() - wall) / 3600
+    metrics = {
+        **result, **counts, **method.report(model),
+        "method": method_name, "dataset": dataset_name, "seed": seed, "model_repo": model_cfg["repo"],
+        "task": dataset["task"], "train_split": dataset["train_split"], "eval_split": dataset["eval_split"],
+        "device": device_name(dev), "device_type": dev.type, "torch_threads": torch.get_num_threads(),
+        "device_hours": hours, "cost_usd": hours * cost_per_device_hour.get(dev.type, 0.0),
+        "lr_reason": method_params.get("lr_reason", ""), "versions": package_versions(),
+    }
+    write_json(out_metrics, metrics)
+    return metrics
+
+
+def evaluate_run(*, model_dir, tokenized_dir, trained_dir, out_metrics, out_predictions, dataset: dict,
+                 model_cfg: dict, method_name: str, method_params: dict, training: dict, evaluation: dict,
+                 threads: int, device: str) -> dict:
+    loader, method = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads)
+    dev = resolve_device(device)
+    model = method.load_trained(loader, trained_dir)
+    rows = load_tokenized(tokenized_dir, EVAL).to_list()
+    collator = _collator(loader, training.get("mlm_probability", 0.15))
+    start = time.perf_counter()
+    result, per_example = evaluate(model, rows, collator, dataset["task"], loader.lm_kind,
+                                   evaluation["batch_size"], evaluation.get("mask_seed", 0), dev)
+    result["eval_time_s"] = time.perf_counter() - start
+    Path(out_predictions).parent.mkdir(parents=True, exist_ok=True)
+    per_example.to_csv(out_predictions, index=False)
+    write_json(out_metrics, result)
+    return result

@@ -1,0 +1,71 @@
+"""Shared fixtures. Tests read the real snapshots from ../shared/hf (or $LORABENCH_SNAPSHOTS)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAPSHOTS = Path(os.environ.get("LORABENCH_SNAPSHOTS", REPO.parent / "shared" / "hf"))
+if not SNAPSHOTS.is_absolute():
+    SNAPSHOTS = (REPO / SNAPSHOTS).resolve()
+MINILM = SNAPSHOTS / "models" / "sentence-transformers" / "all-MiniLM-L6-v2"
+
+
+def pytest_configure(config):
+    if not SNAPSHOTS.is_dir():
+        raise pytest.UsageError(
+            f"snapshot folder {SNAPSHOTS} not found: the tests use real models and data from ../shared/hf; "
+            "set LORABENCH_SNAPSHOTS=PATH to a folder laid out like it"
+        )
+
+
+def load_yaml(path) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def smoke_config() -> dict:
+    cfg = load_yaml(REPO / "configs" / "smoke.yaml")
+    cfg["snapshots"] = str(SNAPSHOTS)
+    return cfg
+
+
+def snakemake(workdir: Path, configfile: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(configfile), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke config run once through Snakemake; returns the work directory."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    cfg = write_config(workdir / "smoke.yaml", smoke_config())
+    proc = snakemake(workdir, cfg)
+    if proc.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (workdir / "results" / "logs").rglob("*.log")
+                         if "Error" in p.read_text())
+        pytest.fail(f"smoke run failed:\n{proc.stderr[-5000:]}\n{logs}")
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    return MINILM
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,88 @@
+import copy
+
+import pytest
+
+from lorabench.config import ConfigError, validate_config
+
+from conftest import REPO, SNAPSHOTS, load_yaml, smoke_config, snakemake, write_config
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "configs/smoke.yaml", "configs/paper.yaml"])
+def test_shipped_configs_are_valid(name, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    cfg = load_yaml(REPO / name)
+    if cfg["snapshots"]:
+        cfg["snapshots"] = str(SNAPSHOTS)
+    validate_config(cfg)
+
+
+def _set(cfg, path, value):
+    *parents, last = path.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+
+
+_DELETE = object()
+
+# (what is wrong, key to change, new value, words the error must contain)
+BAD_CONFIGS = [
+    ("unknown method", "methods.lroa", {"lr": 1e-3}, ["methods", "lroa"]),
+    ("unknown dataset", "datasets.mnli", {"repo": "x"}, ["datasets", "mnli", "sst2"]),
+    ("negative learning rate", "methods.lora.lr", -1e-4, ["methods.lora.lr", "-0.0001"]),
+    ("zero learning rate", "methods.full_ft.lr", 0, ["methods.full_ft.lr"]),
+    ("seeds not a list", "seeds", 3, ["seeds", "array"]),
+    ("seeds not ints", "seeds", [0, "one"], ["seeds.1", "integer"]),
+    ("zero batch size", "training.batch_size", 0, ["training.batch_size", "minimum"]),
+    ("negative train size", "datasets.sst2.train_size", -5, ["datasets.sst2.train_size"]),
+    ("epochs as text", "training.epochs", "two", ["training.epochs", "integer"]),
+    ("sparsity of 1", "methods.sparse_lora_magnitude.sparsity", 1.0, ["methods.sparse_lora_magnitude.sparsity"]),
+    ("sparsity below 0", "methods.sparse_lora_structured.sparsity", -0.1, ["sparse_lora_structured.sparsity"]),
+    ("rank larger than the layer", "methods.lora.r", 512, ["methods.lora.r", "384"]),
+    ("dataset names a missing model", "datasets.sst2.model", "bert9", ["datasets.sst2.model", "bert9"]),
+    ("stride longer than the window", "datasets.wikitext2.stride", 64, ["datasets.wikitext2.stride"]),
+    ("prune schedule reversed", "methods.sparse_lora_magnitude.prune_start_frac", 0.9, ["prune_start_frac"]),
+    ("unknown top-level key", "learning_rate", 0.1, ["learning_rate"]),
+    ("missing required key", "training.epochs", _DELETE, ["epochs"]),
+    ("snapshot folder missing", "snapshots", "/nonexistent/hf", ["snapshots", "/nonexistent/hf"]),
+    ("repo missing from snapshots", "models.minilm.repo", "org/not-there", ["models.minilm.repo", "org/not-there"]),
+    ("unknown task", "datasets.imdb.task", "regression", ["datasets.imdb.task"]),
+]
+
+
+@pytest.mark.parametrize("what,key,value,words", BAD_CONFIGS, ids=[b[0] for b in BAD_CONFIGS])
+def test_bad_config_is_refused_with_the_key_named(what, key, value, words):
+    cfg = copy.deepcopy(smoke_config())
+    _set(cfg, key, value)
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    for w in words:
+        assert w in str(err.value), f"{what}: '{w}' not in: {err.value}"
+
+
+def test_offline_without_snapshots_is_refused(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = smoke_config()
+    cfg["snapshots"] = ""
+    with pytest.raises(ConfigError, match="snapshots=PATH"):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("methods.lroa", {"lr": 1e-3}, "methods"),
+    ("methods.lora.lr", -1.0, "methods.lora.lr"),
+    ("seeds", "0,1", "seeds"),
+])
+def test_snakemake_refuses_bad_config_before_any_job(tmp_path, key, value, words):
+    cfg = smoke_config()
+    _set(cfg, key, value)
+    proc = snakemake(tmp_path, write_config(tmp_path / "bad.yaml", cfg), "--dry-run", timeout=120)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "invalid configuration" in out and words in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()

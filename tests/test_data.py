@@ -1,0 +1,71 @@
+import numpy as np
+import pandas as pd
+import torch
+from transformers import AutoTokenizer
+
+from lorabench.data import Collator, fixed_subset, length_grouped_batches, lm_blocks, tokenize_dataset, load_tokenized
+
+from conftest import MINILM, SNAPSHOTS
+
+
+def test_fixed_subset_is_seeded_sorted_and_complete_when_none():
+    a, b = fixed_subset(100, 10, 7), fixed_subset(100, 10, 7)
+    assert (a == b).all() and list(a) == sorted(a) and len(set(a)) == 10
+    assert not (fixed_subset(100, 10, 8) == a).all()
+    assert (fixed_subset(5, None, 0) == np.arange(5)).all()
+
+
+def test_lm_blocks_disjoint_and_strided():
+    ids = list(range(10))
+    x, y = lm_blocks(ids, 4, 4, None)
+    assert x == [[0, 1, 2, 3], [4, 5, 6, 7]] and y == x
+    x, y = lm_blocks(ids, 4, 2, 2)
+    assert x == [[0, 1, 2, 3], [2, 3, 4, 5]]
+    assert y[1] == [-100, -100, 4, 5]  # only the last `stride` tokens of later windows are scored
+
+
+def test_length_grouped_batches_cover_everything_once_and_depend_on_seed():
+    lengths = list(np.random.default_rng(0).integers(5, 60, size=103))
+    b1 = length_grouped_batches(lengths, 8, np.random.default_rng(1))
+    b2 = length_grouped_batches(lengths, 8, np.random.default_rng(1))
+    b3 = length_grouped_batches(lengths, 8, np.random.default_rng(2))
+    assert b1 == b2 and b1 != b3
+    assert sorted(i for b in b1 for i in b) == list(range(103))
+    # grouped by length: padding inside batches is far below random batching
+    pad = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in b1)
+    rand = np.random.default_rng(1).permutation(103)
+    pad_rand = sum(max(lengths[i] for i in rand[s:s + 8]) * len(rand[s:s + 8]) - sum(lengths[i] for i in rand[s:s + 8])
+                   for s in range(0, 103, 8))
+    assert pad < pad_rand / 2
+
+
+def test_collator_pads_and_masks_reproducibly():
+    tok = AutoTokenizer.from_pretrained(MINILM)
+    rows = [{"input_ids": tok("a short one")["input_ids"], "labels": 1},
+            {"input_ids": tok("a somewhat longer sentence here")["input_ids"], "labels": 0}]
+    batch = Collator(tok)(rows)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape
+    assert batch["attention_mask"][0].sum() == len(rows[0]["input_ids"])
+    assert batch["labels"].tolist() == [1, 0]
+    lm_rows = [{"input_ids": r["input_ids"], "labels": r["input_ids"]} for r in rows]
+    mlm = Collator(tok, masked_lm=True, mlm_probability=0.5)
+    m1 = mlm(lm_rows, generator=torch.Generator().manual_seed(3))
+    m2 = mlm(lm_rows, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(m1["input_ids"], m2["input_ids"]) and torch.equal(m1["labels"], m2["labels"])
+    scored = m1["labels"] != -100
+    assert scored.any() and not scored[:, 0].any()  # [CLS] is never masked
+
+
+def test_tokenize_from_snapshot(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    src = SNAPSHOTS / "datasets" / "stanfordnlp" / "sst2" / "data"
+    for split in ("train", "validation"):
+        pd.read_parquet(src / f"{split}-00000-of-00001.parquet").to_parquet(raw / f"{split}.parquet")
+    ds = {"task": "classification", "text_field": "sentence", "label_field": "label", "train_split": "train",
+          "eval_split": "validation", "train_size": 50, "eval_size": None, "max_length": 16}
+    tokenize_dataset(ds, MINILM, raw, 1234, tmp_path / "tok")
+    train, ev = load_tokenized(tmp_path / "tok", "train"), load_tokenized(tmp_path / "tok", "eval")
+    assert len(train) == 50 and len(ev) == 872  # full GLUE dev
+    assert max(len(x) for x in train["input_ids"]) <= 16
+    assert set(ev["labels"]) == {0, 1}

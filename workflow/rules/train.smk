@@ -1,0 +1,20 @@
+# One training run per (method, dataset, seed): the adapter (or full model) and train_metrics.json.
+rule train:
+    input:
+        model=lambda w: f"resources/models/{model_of(w.dataset)}",
+        tokenized=lambda w: f"resources/tokenized/{w.dataset}/{model_of(w.dataset)}",
+    output:
+        model=directory(f"{RUN}/model"),
+        metrics=f"{RUN}/train_metrics.json",
+    params:
+        run=run_params,
+        cost_per_device_hour=config["cost_per_device_hour"],
+    log:
+        f"results/logs/train/{{dataset}}_{{method}}_seed{{seed}}.log",
+    benchmark:
+        f"results/benchmarks/train/{{dataset}}_{{method}}_seed{{seed}}.tsv"
+    threads: THREADS
+    resources:
+        **torch_resources("train"),
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,14 @@
+from lorabench.utils import log_to
+
+log_to(snakemake.log[0])
+from lorabench.run import train_run  # noqa: E402
+
+run = snakemake.params.run
+train_run(
+    model_dir=snakemake.input.model, tokenized_dir=snakemake.input.tokenized,
+    out_model_dir=snakemake.output.model, out_metrics=snakemake.output.metrics,
+    dataset_name=snakemake.wildcards.dataset, dataset=run["dataset"], model_cfg=run["model_cfg"],
+    method_name=snakemake.wildcards.method, method_params=run["method_params"], training=run["training"],
+    seed=int(snakemake.wildcards.seed), threads=snakemake.threads, device=run["device"],
+    cost_per_device_hour=snakemake.params.cost_per_device_hour,
+)
