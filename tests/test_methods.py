@@ -1,0 +1,167 @@
+"""Every registered method on the real MiniLM encoder and real SST-2 sentences."""
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from lorabench.config import TrainingSettings
+from lorabench.data import Collator
+from lorabench.evaluate import evaluate
+from lorabench.methods import METHODS, build_method, count_parameters
+from lorabench.methods.sparse_lora import adapter_weights, sparsity_report
+from lorabench.models import ModelLoader
+from lorabench.trainer import RunId, train
+from lorabench.utils import seed_everything
+
+from conftest import MINILM, SNAPSHOTS
+
+CPU = torch.device("cpu")
+SETTINGS = TrainingSettings(epochs=8, batch_size=16, grad_accum_steps=1, warmup_ratio=0.0, weight_decay=0.0,
+                            max_grad_norm=1.0, subset_seed=0)
+PARAMS = {
+    "lora": {"lr": 2e-3, "r": 4, "alpha": 8, "dropout": 0.0},
+    "sparse_lora_l1": {"lr": 2e-3, "r": 4, "alpha": 8, "dropout": 0.0, "l1_weight": 1e-2, "zero_threshold": 1e-3},
+    "sparse_lora_magnitude": {"lr": 2e-3, "r": 4, "alpha": 8, "dropout": 0.0, "sparsity": 0.6,
+                              "prune_start_frac": 0.0, "prune_end_frac": 0.5},
+    "sparse_lora_structured": {"lr": 2e-3, "r": 4, "alpha": 8, "dropout": 0.0, "sparsity": 0.5,
+                               "prune_start_frac": 0.0, "prune_end_frac": 0.5},
+    "qlora": {"lr": 2e-3, "r": 4, "alpha": 8, "dropout": 0.0},
+    "hira": {"lr": 2e-2, "r": 4, "dropout": 0.0},
+    "full_ft": {"lr": 5e-5},
+}
+
+
+@pytest.fixture(scope="module")
+def loader():
+    return ModelLoader(MINILM, "classification", 2)
+
+
+@pytest.fixture(scope="module")
+def collator():
+    return Collator(AutoTokenizer.from_pretrained(MINILM))
+
+
+@pytest.fixture(scope="module")
+def rows():
+    df = pd.read_parquet(SNAPSHOTS / "datasets/stanfordnlp/sst2/data/validation-00000-of-00001.parquet").head(16)
+    tok = AutoTokenizer.from_pretrained(MINILM)
+    ids = tok(list(df["sentence"]), truncation=True, max_length=32)["input_ids"]
+    return [{"example_id": i, "input_ids": x, "labels": int(y)} for i, (x, y) in enumerate(zip(ids, df["label"]))]
+
+
+def _build(name, loader, seed=0):
+    seed_everything(seed)
+    method = build_method(name, PARAMS[name], loader.target_modules)
+    return method, method.build(loader)
+
+
+def _train(method, model, rows, collator, settings=SETTINGS):
+    return train(model, method, rows, collator, settings, method.params["lr"], 0, CPU, RunId(method.name, "sst2", 0), 0.0)
+
+
+def test_every_registered_method_is_tested():
+    assert set(PARAMS) == set(METHODS)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_method_trains_and_lowers_the_loss(name, loader, rows, collator):
+    method, model = _build(name, loader)
+    result = _train(method, model, rows, collator)
+    curve = [p["loss"] for p in result["loss_curve"]]
+    assert result["train_steps"] == 8
+    assert sum(curve[-2:]) / 2 < curve[0] - 0.01, curve
+    counts = count_parameters(model, loader.head_modules)
+    assert counts["head_params"] == 384 * 2 + 2  # the classifier always trains, counted apart
+    if name == "full_ft":
+        assert counts["trainable_params"] == counts["total_params"] and counts["adapter_params"] == 0
+    else:
+        assert 0 < counts["adapter_params"] < counts["total_params"] / 20 and counts["other_trainable_params"] == 0
+
+
+def test_qlora_base_is_nf4_with_double_quant_and_survives_eval_then_train(loader, rows, collator):
+    import bitsandbytes as bnb
+
+    method, model = _build("qlora", loader)
+    linear4 = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linear4) == 6 * 6 + 1  # 6 layers x (q, k, v, attn-out, intermediate, output) + pooler
+    for m in linear4:
+        state = m.weight.quant_state
+        assert state.quant_type == "nf4" and state.nested  # double quantization: quantized absmax
+        assert m.support_avx512bf16_for_cpu is False
+    assert type(model.base_model.model.classifier.modules_to_save["default"]) is torch.nn.Linear  # head not 4-bit
+    assert method.report(model)["base_weight_bits"] == 4
+    evaluate(model, rows, collator, "classification", None, 8, 0, CPU)  # an eval forward first ...
+    result = _train(method, model, rows, collator, replace(SETTINGS, epochs=2))  # ... then training still works
+    assert result["train_steps"] == 2
+    assert "PagedAdamW" in method.report(model)["optimizer"]
+
+
+def test_magnitude_pruning_hits_target_and_pruned_weights_stay_zero(loader, rows, collator):
+    method, model = _build("sparse_lora_magnitude", loader)
+    _train(method, model, rows, collator)
+    assert abs(sparsity_report(model)["adapter_sparsity"] - 0.6) < 0.01
+    zero_masks = [(w == 0).clone() for w in adapter_weights(model)]
+    _train(method, model, rows, collator, replace(SETTINGS, epochs=3))  # more optimizer steps
+    for w, was_zero in zip(adapter_weights(model), zero_masks):
+        assert (w[was_zero] == 0).all()
+
+
+def test_structured_pruning_removes_whole_rank_components(loader, rows, collator):
+    method, model = _build("sparse_lora_structured", loader)
+    _train(method, model, rows, collator)
+    report = sparsity_report(model)
+    assert abs((1 - report["live_rank_components"]) - 0.5) < 0.01
+    assert report["effective_rank"] < 4  # pruned components lower the rank of B A
+    assert method.report(model)["adapter_sparsity"] > 0.3
+
+
+def test_l1_penalty_makes_adapters_sparser_than_plain_lora(loader, rows, collator):
+    sparsities = {}
+    for name in ("lora", "sparse_lora_l1"):
+        method, model = _build(name, loader)
+        _train(method, model, rows, collator)
+        sparsities[name] = method.report(model)["adapter_sparsity"]
+    assert sparsities["sparse_lora_l1"] > sparsities["lora"] + 0.05
+
+
+def _logits(model, rows, collator):
+    model.eval()
+    batch = collator(rows)
+    batch.pop("labels")
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("name", ["lora", "hira"])
+def test_fresh_adapter_is_identity_and_merge_matches(name, loader, rows, collator):
+    seed_everything(0)
+    base_logits = _logits(loader.load(), rows, collator)
+    method, model = _build(name, loader)
+    assert torch.equal(_logits(model, rows, collator), base_logits)  # zero-initialized B: exactly the base
+    _train(method, model, rows, collator, replace(SETTINGS, epochs=3))
+    unmerged = _logits(model, rows, collator)
+    assert not torch.allclose(unmerged, base_logits)
+    merged = _logits(model.merge_and_unload(), rows, collator)
+    torch.testing.assert_close(merged, unmerged, rtol=0, atol=1e-4)  # stated tolerance: 1e-4 on logits
+
+
+@pytest.mark.parametrize("name", ["lora", "hira", "qlora", "sparse_lora_magnitude", "full_ft"])
+def test_saved_model_reloads_and_reproduces_its_metric(name, loader, rows, collator, tmp_path):
+    method, model = _build(name, loader)
+    _train(method, model, rows, collator, replace(SETTINGS, epochs=3))
+    before, _ = evaluate(model, rows, collator, "classification", None, 8, 0, CPU)
+    logits_before = _logits(model, rows, collator)
+    method.save(model, tmp_path)
+    if method.saves_adapter:
+        assert (tmp_path / "adapter_model.safetensors").exists()
+    reloaded = method.load_trained(loader, tmp_path)  # PeftModel.from_pretrained for adapters
+    if method.saves_adapter:
+        from peft import PeftModel
+
+        assert isinstance(reloaded, PeftModel)
+    after, _ = evaluate(reloaded, rows, collator, "classification", None, 8, 0, CPU)
+    assert after["accuracy"] == before["accuracy"]
+    torch.testing.assert_close(_logits(reloaded, rows, collator), logits_before, rtol=0, atol=1e-5)
