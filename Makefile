@@ -25,6 +25,9 @@ smoke: venv                   ## tiny end-to-end run (configs/smoke.yaml), a few
 paper: venv                   ## full-scale DistilBERT experiment (needs the hub or snapshots, and GPUs)
 	$(SNAKEMAKE) --cores $(CORES) --configfile configs/paper.yaml $(SMK_ARGS)
 
+report: venv                  ## Snakemake's HTML report of the last run -> results/report.html
+	$(SNAKEMAKE) --config snapshots=$(SNAPSHOTS) $(SMK_ARGS) --report results/report.html
+
 test: venv                    ## every test, the end-to-end Snakemake runs included
 	LORABENCH_SNAPSHOTS=$(SNAPSHOTS) $(VENV)/bin/pytest -m "not slurm" tests
 

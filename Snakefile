@@ -14,11 +14,18 @@ include: "workflow/rules/fetch.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/flops.smk"
 include: "workflow/rules/aggregate.smk"
+
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:
     input:
         "results/summary.csv",
+        "results/summary_by_method.csv",
+        "results/significance.csv",
+        "results/report.md",
         expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "svg"]),
     default_target: True

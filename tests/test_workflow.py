@@ -72,4 +72,50 @@ def test_nothing_reruns_and_one_hyperparameter_reruns_only_its_method(smoke_run,
     assert trained and all("method=hira" in w for w in trained)
     assert len(trained) == len(cfg["datasets"]) * len(cfg["seeds"])
     assert not any(r in ("fetch_model", "fetch_dataset", "tokenize") for r, _ in jobs)
-    assert {r for r, _ in jobs} <= {"train", "evaluate", "aggregate", "plot", "all"}
+    assert all("method=hira" in w for r, w in jobs if r in ("evaluate", "flops"))
+    assert {r for r, _ in jobs} <= {"train", "evaluate", "flops", "aggregate", "statistics", "plot", "all"}
+
+
+def test_efficiency_columns_are_present_and_sane(smoke_run):
+    df = pd.read_csv(smoke_run / "results" / "summary.csv")
+    for col in ("latency_ms", "latency_p95_ms", "throughput_per_s", "peak_infer_mem_mb", "adapter_size_mb",
+                "model_size_mb", "flops_per_example", "macs_per_example", "train_flops", "train_tokens_per_s"):
+        assert (df[col] > 0).all(), col
+    assert (df["latency_p95_ms"] >= df["latency_ms"]).all()
+    assert (df["flops_per_example"] == 2 * df["macs_per_example"]).all()
+    # adapters are small on disk; full fine-tuning ships the whole model
+    sizes = df.set_index(["dataset", "method"])["adapter_size_mb"]
+    assert (sizes.xs("lora", level="method") < sizes.xs("full_ft", level="method") / 10).all()
+    mergeable = df[df["method"].isin(["lora", "hira", "sparse_lora_magnitude"])]
+    assert mergeable["latency_merged_ms"].notna().all() and df[df["method"] == "qlora"]["latency_merged_ms"].isna().all()
+    # the torch.utils.flop_counter cross-check of one training step stays within 25%
+    assert df["train_flops_vs_torch_counter_ratio"].between(0.75, 1.25).all()
+    qlora = df[df["method"] == "qlora"]
+    assert (qlora["base_weight_bits"] == 4).all() and (qlora["flops_counted_as"] == "lora").all()
+    assert qlora["optimizer"].str.contains("PagedAdamW").all()
+
+
+def test_statistics_report_and_figures(smoke_run):
+    from lorabench.plots import FIGURES
+
+    res = smoke_run / "results"
+    by_method = pd.read_csv(res / "summary_by_method.csv")
+    assert {"n", "accuracy_mean", "accuracy_std", "accuracy_ci95_low", "accuracy_ci95_high"} <= set(by_method.columns)
+    sig = pd.read_csv(res / "significance.csv")
+    assert (sig["baseline"] == "lora").all() and "lora" not in set(sig["method"])
+    assert {"p_paired_t", "p_mcnemar_exact", "p_paired_t_holm", "p_mcnemar_exact_holm"} <= set(sig.columns)
+    assert sig.loc[sig["metric"] == "accuracy", "p_mcnemar_exact"].between(0, 1).all()
+    report = (res / "report.md").read_text()
+    for heading in ("## Trade-offs against the baseline", "## Which method wins where", "## Significance against lora"):
+        assert heading in report
+    for f in FIGURES:
+        for ext in ("png", "svg"):
+            assert (res / "figures" / f"{f}.{ext}").stat().st_size > 1000, f
+        assert f"figures/{f}.png" in report
+
+
+def test_snakemake_html_report_builds(smoke_run, tmp_path):
+    html = smoke_run / "results" / "report.html"
+    proc = snakemake(smoke_run, write_config(tmp_path / "c.yaml", smoke_config()), "--report", str(html), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert html.stat().st_size > 100_000

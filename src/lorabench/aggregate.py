@@ -23,20 +23,32 @@ def run_row(train_metrics: dict, eval_metrics: dict) -> dict:
     return row
 
 
-def summarize(train_files, eval_files) -> pd.DataFrame:
+def flops_table(flops_files) -> pd.DataFrame:
+    """FLOPs per (dataset, method) from results/flops/<dataset>/<method>.json."""
+    rows = []
+    for f in map(Path, flops_files):
+        rows.append({"dataset": f.parent.name, "method": f.stem, **read_json(f)})
+    return pd.DataFrame(rows)
+
+
+def summarize(train_files, eval_files, flops_files=()) -> pd.DataFrame:
     rows = []
     for tf, ef in zip(sorted(map(str, train_files)), sorted(map(str, eval_files))):
         if Path(tf).parent != Path(ef).parent:
             raise ValueError(f"train and eval files do not pair up: {tf} vs {ef}")
         rows.append(run_row(read_json(tf), read_json(ef)))
     df = pd.DataFrame(rows)
+    if len(flops_files):
+        df = df.merge(flops_table(flops_files), on=["dataset", "method"], how="left", validate="many_to_one")
+        # Whole-run training FLOPs: per-example forward+backward FLOPs times the examples the run saw.
+        df["train_flops"] = df["train_flops_per_example"] * df["train_examples_seen"]
     first = [c for c in ID_COLUMNS if c in df.columns]
     df = df[first + sorted(c for c in df.columns if c not in first)]
     return df.sort_values(["dataset", "method", "seed"]).reset_index(drop=True)
 
 
-def write_summary(train_files, eval_files, out_csv) -> pd.DataFrame:
-    df = summarize(train_files, eval_files)
+def write_summary(train_files, eval_files, flops_files, out_csv) -> pd.DataFrame:
+    df = summarize(train_files, eval_files, flops_files)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
     return df

@@ -1,4 +1,4 @@
-"""Figures with plotnine. One colour per method everywhere (METHOD_COLOURS)."""
+"""Figures with plotnine, PNG and SVG, faceted per dataset; one colour per method everywhere."""
 
 from __future__ import annotations
 
@@ -15,40 +15,103 @@ METHOD_COLOURS = {
     "hira": "#8c564b",
 }
 
+FIGURES = ["metric_vs_trainable_params", "throughput_vs_metric", "train_time", "memory", "pareto_memory_metric"]
+
 
 def task_metric(df: pd.DataFrame) -> pd.DataFrame:
-    """One 'metric' column per row: accuracy (%) for classification, perplexity for language modelling."""
+    """Add 'metric' (accuracy in % for classification, perplexity for language modelling) and 'panel'."""
     df = df.copy()
     is_cls = df["task"] == "classification"
-    df["metric"] = 0.0
+    df["metric"] = float("nan")
     if "accuracy" in df:
         df.loc[is_cls, "metric"] = 100.0 * df.loc[is_cls, "accuracy"]
     if "perplexity" in df:
         df.loc[~is_cls, "metric"] = df.loc[~is_cls, "perplexity"]
-    df["panel"] = df["dataset"] + df["task"].map({"classification": ": accuracy (%)", "language_modeling": ": perplexity"})
+    df["panel"] = df["dataset"] + df["task"].map({"classification": ": accuracy (%)",
+                                                   "language_modeling": ": perplexity (lower is better)"})
     return df
 
 
-def colour_scale():
-    return p9.scale_colour_manual(values=METHOD_COLOURS, name="method")
+def seed_summary(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Mean and 95% t-interval over seeds of each column, per (panel, method)."""
+    from lorabench.stats import t_interval
+
+    rows = []
+    for (panel, dataset, task, method), g in df.groupby(["panel", "dataset", "task", "method"]):
+        row = {"panel": panel, "dataset": dataset, "task": task, "method": method}
+        for c in columns:
+            mean, _, lo, hi = t_interval(g[c]) if c in g else (float("nan"),) * 4
+            row[c], row[f"{c}_lo"], row[f"{c}_hi"] = mean, (mean if pd.isna(lo) else lo), (mean if pd.isna(hi) else hi)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def metric_vs_trainable_params(summary_csv, png, svg) -> None:
+def _theme(width=12, height=4):
+    return [p9.scale_colour_manual(values=METHOD_COLOURS, name="method"),
+            p9.scale_fill_manual(values=METHOD_COLOURS, name="method"),
+            p9.theme_bw(), p9.theme(figure_size=(width, height))]
+
+
+def _save(plot, out_prefix) -> None:
+    plot.save(f"{out_prefix}.png", dpi=110, verbose=False)
+    plot.save(f"{out_prefix}.svg", verbose=False)
+
+
+def pareto_front(points: pd.DataFrame, cost: str, value: str, higher_is_better: bool) -> pd.Series:
+    """True for points no other point beats on both lower cost and better value."""
+    sign = 1 if higher_is_better else -1
+    front = []
+    for _, p in points.iterrows():
+        dominated = ((points[cost] <= p[cost]) & (sign * points[value] >= sign * p[value])
+                     & ((points[cost] < p[cost]) | (sign * points[value] > sign * p[value]))).any()
+        front.append(not dominated)
+    return pd.Series(front, index=points.index)
+
+
+def draw_all(summary_csv, out_dir) -> None:
     df = task_metric(pd.read_csv(summary_csv))
-    agg = (df.groupby(["panel", "method"], as_index=False)
-             .agg(metric=("metric", "mean"), lo=("metric", "min"), hi=("metric", "max"),
-                  trainable_params=("trainable_params", "mean")))
-    plot = (
-        p9.ggplot(agg, p9.aes("trainable_params", "metric", colour="method"))
-        + p9.geom_errorbar(p9.aes(ymin="lo", ymax="hi"), width=0.05)
-        + p9.geom_point(size=3)
-        + p9.scale_x_log10()
-        + p9.facet_wrap("~panel", scales="free_y")
-        + colour_scale()
-        + p9.labs(x="trainable parameters (log scale)", y="task metric (mean over seeds; bars: min-max)",
-                  title="Task metric vs trainable parameters")
-        + p9.theme_bw()
-        + p9.theme(figure_size=(11, 4))
-    )
-    plot.save(png, dpi=120, verbose=False)
-    plot.save(svg, verbose=False)
+    cols = ["metric", "trainable_params", "train_time_s", "peak_train_mem_mb", "peak_infer_mem_mb", "throughput_per_s"]
+    s = seed_summary(df, [c for c in cols if c in df])
+    errorbar = p9.geom_errorbar(p9.aes(ymin="metric_lo", ymax="metric_hi"), width=0.04)
+    _save(p9.ggplot(s, p9.aes("trainable_params", "metric", colour="method")) + errorbar + p9.geom_point(size=3)
+          + p9.scale_x_log10() + p9.facet_wrap("~panel", scales="free")
+          + p9.labs(x="trainable parameters (count, log scale)", y="task metric (mean over seeds, 95% CI)",
+                    title="Task metric vs trainable parameters") + _theme(), f"{out_dir}/metric_vs_trainable_params")
+    if "throughput_per_s" in s:
+        _save(p9.ggplot(s, p9.aes("throughput_per_s", "metric", colour="method")) + errorbar + p9.geom_point(size=3)
+              + p9.facet_wrap("~panel", scales="free")
+              + p9.labs(x="inference throughput (examples/s, unmerged adapter)", y="task metric (mean, 95% CI)",
+                        title="Inference throughput vs task metric") + _theme(), f"{out_dir}/throughput_vs_metric")
+    _save(p9.ggplot(s, p9.aes("method", "train_time_s", fill="method")) + p9.geom_col()
+          + p9.geom_errorbar(p9.aes(ymin="train_time_s_lo", ymax="train_time_s_hi"), width=0.3)
+          + p9.facet_wrap("~dataset", scales="free_y") + p9.coord_flip()
+          + p9.labs(x="", y="training time (s, mean over seeds, 95% CI)", title="Training time per method")
+          + _theme(), f"{out_dir}/train_time")
+    mem = []
+    for kind, col in (("training", "peak_train_mem_mb"), ("inference", "peak_infer_mem_mb")):
+        if col in s:
+            part = s[["dataset", "method", col, f"{col}_lo", f"{col}_hi"]].copy()
+            part.columns = ["dataset", "method", "mb", "lo", "hi"]
+            part["kind"] = kind
+            mem.append(part)
+    mem = pd.concat(mem)
+    _save(p9.ggplot(mem, p9.aes("method", "mb", fill="method")) + p9.geom_col()
+          + p9.geom_errorbar(p9.aes(ymin="lo", ymax="hi"), width=0.3)
+          + p9.facet_grid("kind~dataset", scales="free_y") + p9.coord_flip()
+          + p9.labs(x="", y="peak memory (MB above the process baseline; GPU: max allocated)",
+                    title="Peak training and inference memory per method") + _theme(12, 6), f"{out_dir}/memory")
+    fronts = []
+    for _, g in s.groupby("panel"):
+        g = g.copy()
+        g["frontier"] = pareto_front(g, "peak_train_mem_mb", "metric", g["task"].iloc[0] == "classification")
+        fronts.append(g)
+    fr = pd.concat(fronts)
+    line = fr[fr["frontier"]].sort_values("peak_train_mem_mb")
+    _save(p9.ggplot(fr, p9.aes("peak_train_mem_mb", "metric")) + p9.geom_line(data=line, colour="grey")
+          + p9.geom_point(p9.aes(colour="method", shape="frontier"), size=3) + errorbar.__class__(
+              p9.aes(ymin="metric_lo", ymax="metric_hi", colour="method"), width=0.04)
+          + p9.scale_shape_manual(values={True: "D", False: "o"}, name="on the Pareto frontier")
+          + p9.facet_wrap("~panel", scales="free")
+          + p9.labs(x="peak training memory (MB)", y="task metric (mean, 95% CI)",
+                    title="Memory vs task metric: the Pareto frontier (diamonds, grey line)") + _theme(),
+          f"{out_dir}/pareto_memory_metric")

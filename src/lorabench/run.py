@@ -10,10 +10,11 @@ import torch
 from lorabench.config import TrainingSettings
 from lorabench.data import EVAL, TRAIN, Collator, load_tokenized
 from lorabench.evaluate import evaluate
+from lorabench.inference import measure as measure_inference
 from lorabench.methods import build_method, count_parameters
 from lorabench.models import ModelLoader
 from lorabench.trainer import RunId, train
-from lorabench.utils import (atomic_dir, device_name, package_versions, peak_rss_mb, resolve_device,
+from lorabench.utils import (atomic_dir, device_name, dir_size_mb, package_versions, peak_rss_mb, resolve_device,
                              seed_everything, set_threads, write_json)
 
 
@@ -64,8 +65,11 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, dataset_n
 def evaluate_run(*, model_dir, tokenized_dir, trained_dir, out_metrics, out_predictions, dataset: dict,
                  model_cfg: dict, method_name: str, method_params: dict, training: dict, evaluation: dict,
                  threads: int, device: str) -> dict:
+    baseline = peak_rss_mb()
     loader, method = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads)
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     model = method.load_trained(loader, trained_dir)
     rows = load_tokenized(tokenized_dir, EVAL).to_list()
     collator = _collator(loader, training.get("mlm_probability", 0.15))
@@ -73,7 +77,37 @@ def evaluate_run(*, model_dir, tokenized_dir, trained_dir, out_metrics, out_pred
     result, per_example = evaluate(model, rows, collator, dataset["task"], loader.lm_kind,
                                    evaluation["batch_size"], evaluation.get("mask_seed", 0), dev)
     result["eval_time_s"] = time.perf_counter() - start
+    result.update(measure_inference(model, method, rows, collator, dev, evaluation.get("throughput_batch_size", 32),
+                                    evaluation.get("latency_examples", 50)))
+    result["peak_infer_mem_mb"] = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
+                                   else peak_rss_mb() - baseline)
+    result["adapter_size_mb"] = dir_size_mb(trained_dir)
     Path(out_predictions).parent.mkdir(parents=True, exist_ok=True)
     per_example.to_csv(out_predictions, index=False)
     write_json(out_metrics, result)
+    return result
+
+
+def flops_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_cfg: dict, method_name: str,
+              method_params: dict, threads: int) -> dict:
+    """fvcore FLOPs of the method's model at the task's mean sequence lengths, checked against torch's counter."""
+    from transformers import AutoTokenizer
+
+    from lorabench import flops
+    from lorabench.utils import read_json
+
+    loader, method = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads)
+    counted_as = method.flops_proxy or method_name
+    if method.flops_proxy:
+        method = build_method(method.flops_proxy, method_params, loader.target_modules)
+    seed_everything(0)
+    model = method.build(loader)
+    meta = read_json(Path(tokenized_dir) / "meta.json")
+    vocab = len(AutoTokenizer.from_pretrained(loader.model_dir))
+    result = flops.count(model, meta["eval"]["mean_length"], meta["train"]["mean_length"], vocab)
+    result["flops_counted_as"] = counted_as
+    result["flops_note"] = ("fvcore MACs x 2; scaled_dot_product_attention counted by a handle"
+                            + ("; 4-bit base counted as the same architecture in full precision"
+                               if counted_as != method_name else ""))
+    write_json(out_json, result)
     return result

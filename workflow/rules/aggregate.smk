@@ -1,13 +1,14 @@
-# Gather every run into results/summary.csv and draw the figures (CPU only, cheap).
-FIGURES = ["metric_vs_trainable_params"]
+# Gather every run into tables, statistics, figures and the report (CPU only, cheap).
+from lorabench.plots import FIGURES
 
 
 rule aggregate:
     input:
         train=all_runs(f"{RUN}/train_metrics.json"),
         evaluation=all_runs(f"{RUN}/eval_metrics.json"),
+        flops=expand("results/flops/{dataset}/{method}.json", dataset=DATASETS, method=METHODS),
     output:
-        summary="results/summary.csv",
+        summary=report("results/summary.csv", caption="../report/summary.rst", category="Tables"),
     log:
         "results/logs/aggregate.log",
     benchmark:
@@ -16,12 +17,34 @@ rule aggregate:
         "../scripts/aggregate.py"
 
 
+rule statistics:
+    input:
+        summary="results/summary.csv",
+        predictions=all_runs(f"{RUN}/predictions.csv"),
+    output:
+        by_method=report("results/summary_by_method.csv", caption="../report/summary_by_method.rst", category="Tables"),
+        significance=report("results/significance.csv", caption="../report/significance.rst", category="Tables"),
+        report_md="results/report.md",
+    params:
+        baseline=config["baseline_method"],
+        runs_dir="results/runs",
+    log:
+        "results/logs/statistics.log",
+    benchmark:
+        "results/benchmarks/statistics.tsv"
+    script:
+        "../scripts/statistics.py"
+
+
 rule plot:
     input:
         summary="results/summary.csv",
     output:
-        png="results/figures/metric_vs_trainable_params.png",
-        svg="results/figures/metric_vs_trainable_params.svg",
+        **{f"{f}_{ext}": report(f"results/figures/{f}.{ext}", caption=f"../report/{f}.rst", category="Figures")
+           for f in FIGURES for ext in ("png",)},
+        **{f"{f}_svg": f"results/figures/{f}.svg" for f in FIGURES},
+    params:
+        out_dir="results/figures",
     log:
         "results/logs/plot.log",
     benchmark:

@@ -51,6 +51,10 @@ class Method:
 
     #: True when the saved folder is a PEFT adapter (loaded on top of the base), False for a full model.
     saves_adapter = True
+    #: True when the adapter can be merged into the base weights for deployment (latency measured both ways).
+    mergeable = False
+    #: Method whose full-precision model stands in for this one when counting FLOPs (fvcore cannot trace 4-bit).
+    flops_proxy: str | None = None
 
     def __init__(self, name: str, params: dict, target_modules: list[str]):
         self.name = name

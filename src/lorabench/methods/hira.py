@@ -11,6 +11,8 @@ from lorabench.methods.lora import head_modules_present
 
 @register("hira")
 class HiRA(Method):
+    mergeable = True
+
     def build(self, loader) -> torch.nn.Module:
         from peft import HiraConfig, get_peft_model
 

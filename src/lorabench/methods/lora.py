@@ -15,6 +15,8 @@ def head_modules_present(model: torch.nn.Module, head_names: list[str]) -> list[
 
 @register("lora")
 class LoRA(Method):
+    mergeable = True
+
     def peft_config(self, loader, model: torch.nn.Module):
         from peft import LoraConfig
 

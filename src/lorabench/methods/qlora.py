@@ -24,6 +24,10 @@ def disable_cpu_bf16_repack(model: torch.nn.Module) -> int:
 
 @register("qlora")
 class QLoRA(LoRA):
+    # Deployed as the 4-bit base plus the adapter: merging into NF4 weights would re-quantize them.
+    mergeable = False
+    flops_proxy = "lora"
+
     def load_base(self, loader) -> torch.nn.Module:
         from transformers import BitsAndBytesConfig
 
@@ -59,5 +63,4 @@ class QLoRA(LoRA):
             out["optimizer"] = "bitsandbytes.optim.PagedAdamW (unpaged fallback on CPU)"
         else:
             out["optimizer"] = "bitsandbytes.optim.PagedAdamW (paged)"
-        out["flops_note"] = "FLOPs counted on the same architecture in full precision (fvcore cannot trace 4-bit)"
         return out

@@ -1,0 +1,186 @@
+"""results/summary_by_method.csv, results/significance.csv and results/report.md, all computed from the runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lorabench import stats
+from lorabench.plots import FIGURES
+
+SUMMARY_METRICS = [
+    "accuracy", "macro_f1", "perplexity", "trainable_params", "adapter_params", "head_params", "total_params",
+    "train_time_s", "train_time_per_epoch_s", "train_tokens_per_s", "train_examples_per_s", "peak_train_mem_mb",
+    "peak_infer_mem_mb", "latency_ms", "latency_p95_ms", "latency_merged_ms", "throughput_per_s",
+    "throughput_merged_per_s", "adapter_size_mb", "model_size_mb", "flops_per_example", "train_flops",
+    "device_hours", "cost_usd", "adapter_sparsity", "effective_rank",
+]
+
+
+def primary_metric(task: str) -> tuple[str, bool]:
+    """(column, higher is better) of a task's headline metric."""
+    return ("accuracy", True) if task == "classification" else ("perplexity", False)
+
+
+def summary_by_method(summary: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in SUMMARY_METRICS if c in summary]
+    return stats.describe(summary, ["dataset", "task", "method"], cols)
+
+
+def _per_example(run_dir: Path, task: str) -> dict:
+    df = pd.read_csv(run_dir / "predictions.csv").sort_values("example_id")
+    if task == "classification":
+        return {"correct": (df["label"] == df["pred"]).to_numpy(float)}
+    return {"nll_sum": df["nll_sum"].to_numpy(float), "tokens": df["tokens"].to_numpy(float)}
+
+
+def _statistic(task: str):
+    if task == "classification":
+        return lambda d: d["correct"].mean()
+    return lambda d: float(np.exp(d["nll_sum"].sum() / d["tokens"].sum()))
+
+
+def significance(summary: pd.DataFrame, runs_dir, baseline: str, n_boot: int = 2000) -> pd.DataFrame:
+    """Every method against the baseline, per dataset: paired t over seeds, exact McNemar on the pooled
+    per-example predictions (classification), a paired bootstrap CI of the metric difference; Holm over
+    all comparisons of each test."""
+    runs_dir = Path(runs_dir)
+    rows = []
+    for dataset, g in summary.groupby("dataset"):
+        task = g["task"].iloc[0]
+        metric, _ = primary_metric(task)
+        base = g[g["method"] == baseline].set_index("seed")
+        if base.empty:
+            continue
+        for method in sorted(set(g["method"]) - {baseline}):
+            m = g[g["method"] == method].set_index("seed")
+            seeds = sorted(set(m.index) & set(base.index))
+            ex_m = [_per_example(runs_dir / dataset / method / f"seed{s}", task) for s in seeds]
+            ex_b = [_per_example(runs_dir / dataset / baseline / f"seed{s}", task) for s in seeds]
+            diff, lo, hi = stats.bootstrap_diff_ci(ex_m, ex_b, _statistic(task), n_boot=n_boot)
+            row = {
+                "dataset": dataset, "method": method, "baseline": baseline, "metric": metric, "n_seeds": len(seeds),
+                "method_mean": float(m.loc[seeds, metric].mean()), "baseline_mean": float(base.loc[seeds, metric].mean()),
+                "diff": diff, "diff_boot_ci95_low": lo, "diff_boot_ci95_high": hi,
+                "p_paired_t": stats.paired_t(m.loc[seeds, metric], base.loc[seeds, metric]),
+                "p_mcnemar_exact": np.nan, "mcnemar_only_method_right": np.nan, "mcnemar_only_baseline_right": np.nan,
+            }
+            if task == "classification":
+                p, only_m, only_b = stats.mcnemar_exact(np.concatenate([e["correct"] for e in ex_m]),
+                                                        np.concatenate([e["correct"] for e in ex_b]))
+                row.update(p_mcnemar_exact=p, mcnemar_only_method_right=only_m, mcnemar_only_baseline_right=only_b)
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["p_paired_t_holm"] = stats.holm(out["p_paired_t"])
+        out["p_mcnemar_exact_holm"] = stats.holm(out["p_mcnemar_exact"])
+    return out
+
+
+def _fmt(x, digits=3) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "n/a"
+    if isinstance(x, (int, np.integer)) or (isinstance(x, float) and abs(x) >= 1000):
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def _p(x) -> str:
+    return "n/a (too few seeds)" if pd.isna(x) else (f"{x:.2g}" if x >= 1e-4 else "< 1e-4")
+
+
+def tradeoff_sentences(by_method: pd.DataFrame, sig: pd.DataFrame, baseline: str) -> list[str]:
+    """Sentences computed from the numbers: memory, time and size relative to the baseline, with the metric cost."""
+    out = []
+    for dataset, g in by_method.groupby("dataset"):
+        task = g["task"].iloc[0]
+        metric, higher = primary_metric(task)
+        base = g[g["method"] == baseline]
+        if base.empty or f"{metric}_mean" not in g:
+            continue
+        b = base.iloc[0]
+        unit = "accuracy points" if task == "classification" else "perplexity"
+        scale = 100.0 if task == "classification" else 1.0
+        for _, r in g[g["method"] != baseline].iterrows():
+            s = sig[(sig["dataset"] == dataset) & (sig["method"] == r["method"])] if not sig.empty else sig
+            p = s["p_paired_t_holm"].iloc[0] if not s.empty else np.nan
+            delta = scale * (r[f"{metric}_mean"] - b[f"{metric}_mean"])
+            mem = 100.0 * (r["peak_train_mem_mb_mean"] / b["peak_train_mem_mb_mean"] - 1)
+            tm = 100.0 * (r["train_time_s_mean"] / b["train_time_s_mean"] - 1)
+            ci = ""
+            if not pd.isna(r.get("peak_train_mem_mb_ci95_low")):
+                ci = (f" (its own 95% CI {r['peak_train_mem_mb_ci95_low']:.0f}-{r['peak_train_mem_mb_ci95_high']:.0f} MB"
+                      f" vs {b['peak_train_mem_mb_ci95_low']:.0f}-{b['peak_train_mem_mb_ci95_high']:.0f} MB)")
+            out.append(
+                f"**{dataset}**: {r['method']} {'cut' if mem < 0 else 'raised'} peak training memory by {abs(mem):.0f}%{ci} "
+                f"and took {abs(tm):.0f}% {'less' if tm < 0 else 'more'} training time than {baseline}, for "
+                f"{delta:+.2f} {unit} (Holm-adjusted paired t p = {_p(p)})."
+            )
+    return out
+
+
+def scenario_winners(by_method: pd.DataFrame) -> list[str]:
+    out = []
+    for dataset, g in by_method.groupby("dataset"):
+        metric, higher = primary_metric(g["task"].iloc[0])
+        col = f"{metric}_mean"
+        if col not in g:
+            continue
+        best = g.loc[g[col].idxmax() if higher else g[col].idxmin()]
+        lines = [f"best {metric}: **{best['method']}** ({_fmt(best[col])})"]
+        for label, c in (("least training memory", "peak_train_mem_mb_mean"), ("fastest training", "train_time_s_mean"),
+                         ("smallest artifact to ship", "adapter_size_mb_mean"),
+                         ("highest inference throughput", "throughput_per_s_mean")):
+            if c in g and g[c].notna().any():
+                w = g.loc[g[c].idxmax() if "throughput" in c else g[c].idxmin()]
+                lines.append(f"{label}: **{w['method']}** ({_fmt(w[c])})")
+        out.append(f"- **{dataset}**: " + "; ".join(lines) + ".")
+    return out
+
+
+def _table(df: pd.DataFrame, cols: list[str]) -> str:
+    cols = [c for c in cols if c in df]
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    body = "".join("| " + " | ".join(_fmt(v) if not isinstance(v, str) else v for v in r) + " |\n"
+                   for r in df[cols].itertuples(index=False))
+    return head + body
+
+
+def write_report(summary_csv, runs_dir, baseline: str, out_by_method, out_significance, out_md,
+                 figures_dir="figures") -> None:
+    summary = pd.read_csv(summary_csv)
+    by_method = summary_by_method(summary)
+    by_method.to_csv(out_by_method, index=False)
+    sig = significance(summary, runs_dir, baseline)
+    sig.to_csv(out_significance, index=False)
+    seeds = sorted(summary["seed"].unique())
+    lines = [
+        "# lorabench report", "",
+        f"Generated from `{Path(summary_csv).name}` ({len(summary)} runs: {summary['dataset'].nunique()} datasets, "
+        f"{summary['method'].nunique()} methods, seeds {', '.join(map(str, seeds))}) on "
+        f"{summary['device'].iloc[0]}. Means over seeds with 95% t-intervals; every number below is computed, "
+        "none typed by hand. How each metric is measured: docs/methodology.md.", "",
+        "## Trade-offs against the baseline", "", *[f"- {s}" for s in tradeoff_sentences(by_method, sig, baseline)], "",
+        "## Which method wins where", "", *scenario_winners(by_method), "",
+    ]
+    for dataset, g in by_method.groupby("dataset"):
+        metric, _ = primary_metric(g["task"].iloc[0])
+        lines += [f"## {dataset}", "", _table(g, ["method", "n", f"{metric}_mean", f"{metric}_ci95_low",
+                  f"{metric}_ci95_high", "trainable_params_mean", "peak_train_mem_mb_mean", "train_time_s_mean",
+                  "latency_ms_mean", "throughput_per_s_mean", "adapter_size_mb_mean", "flops_per_example_mean",
+                  "adapter_sparsity_mean", "cost_usd_mean"]), ""]
+    if not sig.empty:
+        lines += ["## Significance against " + baseline, "",
+                  "`p_paired_t`: paired t-test over seeds; `p_mcnemar_exact`: exact McNemar on per-example "
+                  "predictions pooled over seeds; `diff_boot_ci95_*`: paired bootstrap of examples; `*_holm`: "
+                  "Holm-adjusted over all comparisons.", "",
+                  _table(sig, ["dataset", "method", "metric", "n_seeds", "diff", "diff_boot_ci95_low",
+                               "diff_boot_ci95_high", "p_paired_t_holm", "p_mcnemar_exact_holm"]), ""]
+    reasons = summary.dropna(subset=["lr_reason"]).drop_duplicates("method") if "lr_reason" in summary else []
+    if len(reasons):
+        lines += ["## Learning rates that differ, and why", ""]
+        lines += [f"- {r.method}: lr {r.lr:g}: {r.lr_reason}" for r in reasons.itertuples()] + [""]
+    lines += ["## Figures", ""] + [f"![{f}]({figures_dir}/{f}.png)" for f in FIGURES] + [""]
+    Path(out_md).write_text("\n".join(lines))

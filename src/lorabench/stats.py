@@ -1,0 +1,87 @@
+"""Statistics over seeds and examples: confidence intervals, paired tests, bootstrap, Holm correction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, sample std, lower, upper) of a Student-t confidence interval for the mean."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return (np.nan,) * 4
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, np.nan, np.nan, np.nan
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * sd / np.sqrt(x.size))
+    return mean, sd, mean - half, mean + half
+
+
+def describe(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Per group: n, mean, std and 95% t-interval of each metric, as columns <metric>_{mean,std,ci95_low,ci95_high}."""
+    rows = []
+    for key, group in df.groupby(by, sort=True):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        row["n"] = len(group)
+        for m in metrics:
+            if m not in group or not pd.api.types.is_numeric_dtype(group[m]) or group[m].isna().all():
+                continue
+            mean, sd, lo, hi = t_interval(group[m])
+            row.update({f"{m}_mean": mean, f"{m}_std": sd, f"{m}_ci95_low": lo, f"{m}_ci95_high": hi})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_t(a, b) -> float:
+    """Two-sided paired t-test p-value (NaN with fewer than two pairs or zero variance of differences)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.size < 2 or np.allclose(a - b, (a - b)[0]):
+        return np.nan
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
+def mcnemar_exact(correct_a, correct_b) -> tuple[float, int, int]:
+    """Exact McNemar test on paired correctness: binomial test of the discordant pairs. Returns (p, b, c)."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return 1.0, only_a, only_b
+    return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue), only_a, only_b
+
+
+def bootstrap_diff_ci(per_seed_a: list[dict], per_seed_b: list[dict], statistic, n_boot: int = 2000,
+                      seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Percentile bootstrap CI of statistic(A) - statistic(B), averaged over seeds.
+
+    Each element of per_seed_* holds per-example arrays of one seed, aligned between A and B (the same
+    examples). Examples are resampled with the same indices for A and B (a paired bootstrap).
+    """
+    rng = np.random.default_rng(seed)
+    point = np.mean([statistic(a) - statistic(b) for a, b in zip(per_seed_a, per_seed_b)])
+    draws = np.zeros(n_boot)
+    for a, b in zip(per_seed_a, per_seed_b):
+        n = len(next(iter(a.values())))
+        idx = rng.integers(0, n, size=(n_boot, n))
+        draws += np.array([statistic({k: v[i] for k, v in a.items()}) - statistic({k: v[i] for k, v in b.items()})
+                           for i in idx])
+    draws /= len(per_seed_a)
+    alpha = (1 - confidence) / 2
+    return float(point), float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaNs stay NaN and do not count as comparisons)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = ok.size
+    order = ok[np.argsort(p[ok])]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
