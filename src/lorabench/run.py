@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def _collator(loader: ModelLoader, mlm_probability: float) -> Collator:
 
 def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, dataset_name: str, dataset: dict,
               model_cfg: dict, method_name: str, method_params: dict, training: dict, seed: int,
-              threads: int, device: str, cost_per_device_hour: dict) -> dict:
+              threads: int, device: str, cost_per_device_hour: dict, checkpoint_dir=None) -> dict:
     baseline = peak_rss_mb()  # after imports: the memory column measures the run, not the libraries
     loader, method = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads)
     settings = TrainingSettings.from_dict(training)
@@ -46,9 +47,11 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, dataset_n
     run = RunId(method_name, dataset_name, seed)
     wall = time.perf_counter()
     result = train(model, method, rows, _collator(loader, settings.mlm_probability), settings,
-                   method_params["lr"], seed, dev, run, baseline)
+                   method_params["lr"], seed, dev, run, baseline, checkpoint_dir)
     with atomic_dir(out_model_dir) as tmp:
         method.save(model, tmp)
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete; nothing left to resume
     hours = (time.perf_counter() - wall) / 3600
     metrics = {
         **result, **counts, **method.report(model),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +32,83 @@ class RunId:
         return f"method={self.method} dataset={self.dataset} seed={self.seed}"
 
 
+@dataclass
+class Progress:
+    """Where a run stands; saved in checkpoints so a killed job resumes exactly where it was."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # next micro-batch of ``epoch``
+    tokens: int = 0
+    examples: int = 0
+    elapsed_s: float = 0.0
+    epoch_elapsed_s: float = 0.0
+    loss_curve: list = field(default_factory=list)
+    epoch_times: list = field(default_factory=list)
+
+
+class Checkpointer:
+    """Resumable checkpoints: trainable weights, optimizer, scheduler, RNG states, method state, data position.
+
+    Written every ``every`` optimizer steps to ``<dir>/checkpoint.pt`` atomically (temp file, then
+    rename), loaded with ``torch.load(weights_only=True)``. A checkpoint from other settings (the
+    fingerprint differs) is discarded, not resumed.
+    """
+
+    def __init__(self, directory, every: int, fingerprint: dict):
+        self.dir = Path(directory)
+        self.every = every
+        self.fingerprint = fingerprint
+        self.path = self.dir / "checkpoint.pt"
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def save(self, model, optimizer, scheduler, method, mask_gen, progress: Progress) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "fingerprint": self.fingerprint,
+            "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "method": method.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "mask_rng": mask_gen.get_state(),
+            "progress": asdict(progress),
+        }
+        tmp = self.dir / f".checkpoint.{os.getpid()}.tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self, model, optimizer, scheduler, method, mask_gen) -> Progress | None:
+        if not self.path.exists():
+            return None
+        payload = torch.load(self.path, weights_only=True)
+        if payload["fingerprint"] != self.fingerprint:
+            print(f"checkpoint {self.path} is from other settings; starting afresh", file=sys.stderr)
+            self.path.unlink()
+            return None
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in payload["trainable"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        method.load_state_dict(payload["method"])
+        torch.set_rng_state(payload["torch_rng"])
+        if payload["cuda_rng"]:
+            torch.cuda.set_rng_state_all(payload["cuda_rng"])
+        mask_gen.set_state(payload["mask_rng"])
+        progress = Progress(**payload["progress"])
+        print(f"resumed from {self.path} at optimizer step {progress.step}", file=sys.stderr)
+        return progress
+
+    def remove(self) -> None:
+        if self.path.exists():
+            self.path.unlink()
+
+
 def plan_steps(n_examples: int, settings: TrainingSettings) -> tuple[int, int]:
     """(optimizer steps per epoch, total optimizer steps) for this many training examples."""
     micro = math.ceil(n_examples / settings.batch_size)
@@ -41,8 +120,12 @@ def plan_steps(n_examples: int, settings: TrainingSettings) -> tuple[int, int]:
 
 
 def train(model, method, rows: list[dict], collator, settings: TrainingSettings, lr: float, seed: int,
-          device: torch.device, run: RunId, baseline_rss_mb: float) -> dict:
-    """Train ``model`` in place and return the training metrics of the run."""
+          device: torch.device, run: RunId, baseline_rss_mb: float, checkpoint_dir=None) -> dict:
+    """Train ``model`` in place and return the training metrics of the run.
+
+    With ``checkpoint_dir`` and ``settings.checkpoint_every`` > 0, a checkpoint is written every that
+    many optimizer steps and a rerun resumes from it; the result equals an uninterrupted run on CPU.
+    """
     from transformers import get_linear_schedule_with_warmup
 
     model.to(device)
@@ -55,24 +138,30 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     mask_gen = torch.Generator().manual_seed(seed)  # masked-LM masks; dropout uses the global seed
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    ckpt = None
+    if checkpoint_dir is not None and settings.checkpoint_every > 0:
+        fingerprint = {"run": str(run), "settings": asdict(settings), "lr": lr, "examples": len(rows)}
+        ckpt = Checkpointer(checkpoint_dir, settings.checkpoint_every, fingerprint)
+    restored = ckpt.load(model, optimizer, scheduler, method, mask_gen) if ckpt else None
+    progress = restored or Progress()
 
-    step, tokens, examples, loss_curve, epoch_times = 0, 0, 0, [], []
-    progress = tqdm(total=total_steps, desc=str(run), file=sys.stderr, mininterval=5)
-    start = time.perf_counter()
-    for epoch in range(settings.epochs):
+    bar = tqdm(total=total_steps, initial=progress.step, desc=str(run), file=sys.stderr, mininterval=5)
+    segment_start = time.perf_counter()
+    while progress.epoch < settings.epochs and progress.step < total_steps:
         epoch_start = time.perf_counter()
-        batches = length_grouped_batches(lengths, settings.batch_size, np.random.default_rng([seed, epoch]))
+        batches = length_grouped_batches(lengths, settings.batch_size, np.random.default_rng([seed, progress.epoch]))
         running = 0.0
-        for i, idx in enumerate(batches):
+        for i in range(progress.batch, len(batches)):
+            idx = batches[i]
             batch = collator([rows[j] for j in idx], generator=mask_gen)
-            tokens += int(batch["attention_mask"].sum())
-            examples += len(idx)
+            progress.tokens += int(batch["attention_mask"].sum())
+            progress.examples += len(idx)
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss
             extra = method.regularization(model)
             total = loss if extra is None else loss + extra
             if not torch.isfinite(total):
-                raise DivergenceError(f"loss is {total.item()} at optimizer step {step + 1} ({run}); "
+                raise DivergenceError(f"loss is {total.item()} at optimizer step {progress.step + 1} ({run}); "
                                       "lower the learning rate or check the data; no output was written")
             (total / settings.grad_accum_steps).backward()
             running += loss.item() / settings.grad_accum_steps
@@ -82,35 +171,46 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
-            method.on_optimizer_step(model, step, total_steps)
-            loss_curve.append({"step": step, "epoch": epoch, "loss": running, "lr": scheduler.get_last_lr()[0]})
+            progress.step += 1
+            progress.batch = i + 1
+            method.on_optimizer_step(model, progress.step, total_steps)
+            progress.loss_curve.append({"step": progress.step, "epoch": progress.epoch, "loss": running,
+                                        "lr": scheduler.get_last_lr()[0]})
             running = 0.0
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_curve[-1]['loss']:.4f}", refresh=False)
-            if step >= total_steps:
+            bar.update(1)
+            bar.set_postfix(loss=f"{progress.loss_curve[-1]['loss']:.4f}", refresh=False)
+            if progress.step >= total_steps:
                 break
-        epoch_times.append(time.perf_counter() - epoch_start)
-        if step >= total_steps:
-            break
+            if ckpt and ckpt.due(progress.step):
+                now = time.perf_counter()
+                progress.elapsed_s += now - segment_start
+                progress.epoch_elapsed_s += now - epoch_start
+                segment_start = epoch_start = now
+                ckpt.save(model, optimizer, scheduler, method, mask_gen, progress)
+        progress.epoch_times.append(progress.epoch_elapsed_s + time.perf_counter() - epoch_start)
+        progress.epoch_elapsed_s = 0.0
+        progress.epoch += 1
+        progress.batch = 0
     method.finalize(model)
-    train_time = time.perf_counter() - start
-    progress.close()
+    train_time = progress.elapsed_s + time.perf_counter() - segment_start
+    bar.close()
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else peak_rss_mb() - baseline_rss_mb)
+    curve = progress.loss_curve
     return {
-        "train_steps": step,
-        "train_examples_seen": examples,
-        "train_tokens_seen": tokens,
+        "train_steps": progress.step,
+        "train_examples_seen": progress.examples,
+        "train_tokens_seen": progress.tokens,
         "train_time_s": train_time,
-        "train_time_per_epoch_s": train_time / len(epoch_times),
-        "epoch_times_s": epoch_times,
-        "epochs_run": len(epoch_times),
-        "train_tokens_per_s": tokens / train_time,
-        "train_examples_per_s": examples / train_time,
+        "train_time_per_epoch_s": train_time / max(len(progress.epoch_times), 1),
+        "epoch_times_s": progress.epoch_times,
+        "epochs_run": len(progress.epoch_times),
+        "train_tokens_per_s": progress.tokens / train_time,
+        "train_examples_per_s": progress.examples / train_time,
         "peak_train_mem_mb": peak,
-        "final_train_loss": loss_curve[-1]["loss"] if loss_curve else float("nan"),
-        "first_train_loss": loss_curve[0]["loss"] if loss_curve else float("nan"),
-        "loss_curve": loss_curve,
+        "final_train_loss": curve[-1]["loss"] if curve else float("nan"),
+        "first_train_loss": curve[0]["loss"] if curve else float("nan"),
+        "loss_curve": curve,
         "lr": lr,
+        "resumed_from_step": restored.step if restored else 0,
     }

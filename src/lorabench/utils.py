@@ -57,19 +57,30 @@ def read_json(path: str | Path):
 
 @contextmanager
 def atomic_dir(final: str | Path):
-    """Yield a temporary folder beside ``final``; rename it into place only if the block succeeds.
+    """Yield a temporary folder beside ``final``; move it into place only if the block succeeds.
 
-    Two jobs filling the same cache each write their own temp folder; the first rename wins and the
-    second sees a complete folder already there, so readers never see a half-written one.
+    Readers never see a half-written folder. Two writers of the same folder (two jobs filling one
+    cache) each fill their own temp folder; each then swaps its complete folder in, so the result is
+    always one writer's complete output, never a mix.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        for _ in range(10):
+            try:
+                os.rename(tmp, final)  # atomic; fails if final exists and is not empty
+                break
+            except OSError:
+                trash = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+                try:
+                    os.replace(final, trash / "x")  # move the old one aside atomically
+                except FileNotFoundError:
+                    pass  # another writer moved it already; retry the rename
+                shutil.rmtree(trash, ignore_errors=True)
+        else:
+            raise OSError(f"could not move {tmp} into place at {final}")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

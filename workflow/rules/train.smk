@@ -9,6 +9,8 @@ rule train:
     params:
         run=run_params,
         cost_per_device_hour=config["cost_per_device_hour"],
+        # Not an output: Snakemake deletes a failed job's outputs, but a killed run must find its checkpoint.
+        checkpoint_dir=lambda w: f"results/checkpoints/{w.dataset}/{w.method}/seed{w.seed}",
     log:
         f"results/logs/train/{{dataset}}_{{method}}_seed{{seed}}.log",
     benchmark:

@@ -10,5 +10,5 @@ train_run(
     dataset_name=snakemake.wildcards.dataset, dataset=run["dataset"], model_cfg=run["model_cfg"],
     method_name=snakemake.wildcards.method, method_params=run["method_params"], training=run["training"],
     seed=int(snakemake.wildcards.seed), threads=snakemake.threads, device=run["device"],
-    cost_per_device_hour=snakemake.params.cost_per_device_hour,
+    cost_per_device_hour=snakemake.params.cost_per_device_hour, checkpoint_dir=snakemake.params.checkpoint_dir,
 )
