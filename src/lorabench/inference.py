@@ -31,7 +31,7 @@ def latency_ms(model, rows, collator, device, n: int = 50, warmup: int = 5) -> d
 
 
 @torch.no_grad()
-def throughput_per_s(model, rows, collator, device, batch_size: int, max_examples: int = 128) -> float:
+def throughput_per_s(model, rows, collator, device, batch_size: int, max_examples: int = 64) -> float:
     """Examples per second through the forward pass at ``batch_size`` (after one warm-up batch)."""
     model.eval()
     rows = rows[:max_examples]
