@@ -53,10 +53,21 @@ def forward_macs(model, length: float, vocab: int) -> tuple[int, int]:
     total = analysis.total()
     trainable = 0
     for name, module in model.named_modules():
-        own = list(module.parameters(recurse=False))
-        if own and any(p.requires_grad for p in own) and not list(module.children()):
-            trainable += by_module.get(f"model.{name}" if name else "model", 0)
+        if not _holds_trainable_weights(module):
+            continue
+        key = f"model.{name}" if name else "model"
+        # MACs of this module's own ops: its count minus what its child modules count themselves.
+        children = sum(by_module.get(f"{key}.{child}", 0) for child, _ in module.named_children())
+        trainable += by_module.get(key, 0) - children
     return int(total), int(trainable)
+
+
+def _holds_trainable_weights(module: torch.nn.Module) -> bool:
+    """Trainable parameters used by this module's own ops: direct ones, or in a ParameterDict (HiRA's A, B)."""
+    if any(p.requires_grad for p in module.parameters(recurse=False)):
+        return True
+    return any(isinstance(c, torch.nn.ParameterDict) and any(p.requires_grad for p in c.parameters())
+               for c in module.children())
 
 
 def backward_multiplier(total_macs: int, trainable_macs: int) -> float:

@@ -58,14 +58,17 @@ def _sync(device):
 
 
 def deployed_size_mb(model) -> float:
-    """Save the model as it would be deployed (merged weights, or 4-bit base plus adapter) and measure it."""
+    """Save the model as it would be deployed and measure the files."""
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         return dir_size_mb(tmp)
 
 
-def measure(model, method, rows, collator, device, batch_size: int, n_latency: int) -> dict:
-    """Latency and throughput unmerged, then merged where the method has a mergeable adapter."""
+def measure(model, method, rows, collator, device, batch_size: int, n_latency: int, adapter_mb: float) -> dict:
+    """Latency and throughput unmerged, then merged where the method has a mergeable adapter.
+
+    ``model_size_mb`` is the model as deployed: merged weights for mergeable adapters, the base (e.g.
+    4-bit for QLoRA) plus the adapter files for the others, the model itself for full fine-tuning."""
     out = latency_ms(model, rows, collator, device, n_latency)
     out["throughput_per_s"] = throughput_per_s(model, rows, collator, device, batch_size)
     out["throughput_batch_size"] = batch_size
@@ -76,5 +79,8 @@ def measure(model, method, rows, collator, device, batch_size: int, n_latency: i
         out["latency_merged_ms"] = merged["latency_ms"]
         out["latency_merged_p95_ms"] = merged["latency_p95_ms"]
         out["throughput_merged_per_s"] = throughput_per_s(deployed, rows, collator, device, batch_size)
-    out["model_size_mb"] = deployed_size_mb(deployed)
+    if method.mergeable or not method.saves_adapter:
+        out["model_size_mb"] = deployed_size_mb(deployed)
+    else:
+        out["model_size_mb"] = deployed_size_mb(model.unload()) + adapter_mb  # base as loaded, then the adapter
     return out

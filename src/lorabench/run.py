@@ -80,11 +80,11 @@ def evaluate_run(*, model_dir, tokenized_dir, trained_dir, out_metrics, out_pred
     result, per_example = evaluate(model, rows, collator, dataset["task"], loader.lm_kind,
                                    evaluation["batch_size"], evaluation.get("mask_seed", 0), dev)
     result["eval_time_s"] = time.perf_counter() - start
+    result["adapter_size_mb"] = dir_size_mb(trained_dir)
     result.update(measure_inference(model, method, rows, collator, dev, evaluation.get("throughput_batch_size", 32),
-                                    evaluation.get("latency_examples", 50)))
+                                    evaluation.get("latency_examples", 50), result["adapter_size_mb"]))
     result["peak_infer_mem_mb"] = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
                                    else peak_rss_mb() - baseline)
-    result["adapter_size_mb"] = dir_size_mb(trained_dir)
     Path(out_predictions).parent.mkdir(parents=True, exist_ok=True)
     per_example.to_csv(out_predictions, index=False)
     write_json(out_metrics, result)

@@ -1,0 +1,114 @@
+"""The SLURM profile and conda environment (lint), and the smoke config through a real Slurm (marked slurm)."""
+
+import re
+import subprocess
+import sys
+import time
+import tomllib
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, smoke_config, write_config
+
+# Columns that must match between a local and a SLURM run (everything but timings, memory and cost).
+DETERMINISTIC = ["dataset", "method", "seed", "accuracy", "macro_f1", "perplexity", "first_train_loss",
+                 "final_train_loss", "train_steps", "train_tokens_seen", "trainable_params", "total_params",
+                 "adapter_sparsity", "effective_rank", "flops_per_example", "train_flops"]
+
+
+def test_slurm_profile_is_complete():
+    profile = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm" and profile["jobs"] > 0
+    assert profile["configfile"] == "configs/paper.yaml"
+    defaults = profile["default-resources"]
+    assert {"slurm_partition", "slurm_account", "runtime", "mem_mb"} <= set(defaults)
+    for rule in ("train", "evaluate", "flops"):
+        assert profile["set-resources"][rule]["gpu"] == 1
+    for rule in ("aggregate", "statistics", "plot"):
+        assert "gpu" not in profile["set-resources"].get(rule, {})
+    rules = "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    assert "localrules: fetch_model, fetch_dataset" in rules
+
+
+def test_conda_env_pins_match_pyproject():
+    env = yaml.safe_load((REPO / "envs" / "lorabench.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    pinned = dict(p.split("==") for p in pip)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = dict(p.split("==") for p in project["dependencies"] + project["optional-dependencies"]["test"])
+    assert pinned == wanted
+    assert "python=3.11" in env["dependencies"]
+
+
+def _test_profile(tmp_path):
+    """The repo profile with the test's overrides: local partition, no account, no GPU, small memory."""
+    profile = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
+    profile.pop("configfile")
+    profile.update({"jobs": 2, "retries": 0, "latency-wait": 5, "slurm-no-account": True,
+                    "slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 2})
+    profile["default-resources"] = {"slurm_partition": "debug", "runtime": 30, "mem_mb": 2000}
+    profile["set-resources"] = {rule: {"mem_mb": 3000, "runtime": 30} for rule in profile["set-resources"]}
+    folder = tmp_path / "profile"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+def _snakemake_slurm(workdir, profile, configfile, *args, **kw):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--profile", str(profile), "--configfile", str(configfile), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    proc = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "start_slurm.sh")], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"could not start Slurm:\n{proc.stdout}\n{proc.stderr}")
+
+
+@pytest.mark.slurm
+@pytest.mark.e2e
+def test_smoke_through_slurm_matches_local_run(slurm, smoke_run, tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    cfg = write_config(tmp_path / "smoke.yaml", smoke_config())
+    proc = _snakemake_slurm(workdir, _test_profile(tmp_path), cfg)
+    out, _ = proc.communicate(timeout=1800)
+    assert proc.returncode == 0, out[-4000:]
+    assert re.search(r"Submitted (batch )?job \d+", out) or "SLURM" in out  # it really went through sbatch
+    assert list((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
+    via_slurm = pd.read_csv(workdir / "results" / "summary.csv")[DETERMINISTIC]
+    local = pd.read_csv(smoke_run / "results" / "summary.csv")[DETERMINISTIC]
+    pd.testing.assert_frame_equal(via_slurm, local)
+    for preds in (smoke_run / "results" / "runs").rglob("predictions.csv"):
+        other = workdir / preds.relative_to(smoke_run)
+        assert preds.read_text() == other.read_text(), preds
+
+
+@pytest.mark.slurm
+@pytest.mark.e2e
+def test_scancelled_job_is_reported_and_a_rerun_completes(slurm, tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    cfg = write_config(tmp_path / "smoke.yaml", smoke_config())
+    target = "results/runs/wikitext2/full_ft/seed0/train_metrics.json"
+    profile = _test_profile(tmp_path)
+    proc = _snakemake_slurm(workdir, profile, cfg, target)
+    job_ids, deadline = [], time.time() + 600
+    while not job_ids and time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        listing = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %j"], capture_output=True, text=True)
+        job_ids = [ln.split()[0] for ln in listing.stdout.splitlines() if ln.strip()]
+    assert job_ids, "no SLURM job started"
+    subprocess.run(["scancel", *job_ids], check=True)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    assert "Error in rule train" in out or "CANCELLED" in out, out[-3000:]
+    assert not (workdir / target).exists()
+    rerun = _snakemake_slurm(workdir, profile, cfg, target)
+    out, _ = rerun.communicate(timeout=1200)
+    assert rerun.returncode == 0, out[-4000:]
+    assert (workdir / target).exists()
