@@ -108,7 +108,8 @@ def hf_trainer(method_name, loader, rows, tokenizer, settings, tmp, seed=0) -> f
     ds = datasets.Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
     args = TrainingArguments(
         output_dir=str(tmp), per_device_train_batch_size=settings.batch_size, learning_rate=PARAMS[method_name]["lr"],
-        num_train_epochs=settings.epochs, warmup_ratio=settings.warmup_ratio, weight_decay=settings.weight_decay,
+        num_train_epochs=settings.epochs, weight_decay=settings.weight_decay,
+        warmup_steps=round(settings.warmup_ratio * plan_steps(len(rows), settings)[1]),  # same warmup as ours
         max_grad_norm=settings.max_grad_norm, lr_scheduler_type="linear", seed=seed, save_strategy="no",
         logging_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
         remove_unused_columns=False,
