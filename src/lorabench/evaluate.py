@@ -6,7 +6,6 @@ significance tests pair methods on the same examples.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -50,7 +49,3 @@ def evaluate(model, rows: list[dict], collator, task: str, lm_kind: str | None, 
         }
     result["eval_examples"] = len(per_example)
     return result, per_example
-
-
-def mean_length(rows: list[dict]) -> float:
-    return float(np.mean([len(r["input_ids"]) for r in rows]))

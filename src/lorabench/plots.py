@@ -108,8 +108,8 @@ def draw_all(summary_csv, out_dir) -> None:
     fr = pd.concat(fronts)
     line = fr[fr["frontier"]].sort_values("peak_train_mem_mb")
     _save(p9.ggplot(fr, p9.aes("peak_train_mem_mb", "metric")) + p9.geom_line(data=line, colour="grey")
-          + p9.geom_point(p9.aes(colour="method", shape="frontier"), size=3) + errorbar.__class__(
-              p9.aes(ymin="metric_lo", ymax="metric_hi", colour="method"), width=0.04)
+          + p9.geom_point(p9.aes(colour="method", shape="frontier"), size=3)
+          + p9.geom_errorbar(p9.aes(ymin="metric_lo", ymax="metric_hi", colour="method"), width=0.04)
           + p9.scale_shape_manual(values={True: "D", False: "o"}, name="on the Pareto frontier")
           + p9.facet_wrap("~panel", scales="free")
           + p9.labs(x="peak training memory (MB)", y="task metric (mean, 95% CI)",
