@@ -161,6 +161,7 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
             extra = method.regularization(model)
             total = loss if extra is None else loss + extra
             if not torch.isfinite(total):
+                bar.close()
                 raise DivergenceError(f"loss is {total.item()} at optimizer step {progress.step + 1} ({run}); "
                                       "lower the learning rate or check the data; no output was written")
             (total / settings.grad_accum_steps).backward()
