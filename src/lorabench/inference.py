@@ -17,9 +17,7 @@ def latency_ms(model, rows, collator, device, n: int = 50, warmup: int = 5) -> d
     model.eval()
     times = []
     for i in range(warmup + n):
-        batch = collator([rows[i % len(rows)]])
-        batch.pop("labels")
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = _inputs(collator, [rows[i % len(rows)]], device)
         _sync(device)
         start = time.perf_counter()
         model(**batch)
