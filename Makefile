@@ -6,8 +6,9 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 CORES     ?= 2
 SNAPSHOTS ?= ../shared/hf
 SMK_ARGS  ?=
+TESTS     ?= not slurm       # pytest -m expression; CI widens it to "slurm or not slurm" (needs root)
 
-.PHONY: venv run smoke paper report test test-fast clean
+.PHONY: venv run smoke paper report test test-fast test-slurm clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -28,11 +29,14 @@ paper: venv                   ## full-scale DistilBERT experiment (needs the hub
 report: venv                  ## Snakemake's HTML report of the last run -> results/report.html
 	$(SNAKEMAKE) --config snapshots=$(SNAPSHOTS) $(SMK_ARGS) --report results/report.html
 
-test: venv                    ## every test, the end-to-end Snakemake runs included
-	LORABENCH_SNAPSHOTS=$(SNAPSHOTS) $(VENV)/bin/pytest -m "not slurm" tests
+test: venv                    ## every test but the real-Slurm ones, the end-to-end Snakemake runs included
+	LORABENCH_SNAPSHOTS=$(SNAPSHOTS) $(VENV)/bin/pytest -m "$(strip $(TESTS))" tests
 
 test-fast: venv               ## unit tests only
 	LORABENCH_SNAPSHOTS=$(SNAPSHOTS) $(VENV)/bin/pytest -m "not e2e and not slurm" tests
+
+test-slurm: venv              ## the real-Slurm tests only (root: installs and starts a one-node Slurm)
+	LORABENCH_SNAPSHOTS=$(SNAPSHOTS) $(VENV)/bin/pytest -m slurm tests
 
 clean:                        ## remove generated results and caches (keeps .venv)
 	rm -rf results/runs results/logs results/benchmarks results/figures results/*.csv resources .snakemake

@@ -43,10 +43,14 @@ def test_conda_env_pins_match_pyproject():
 
 
 def _test_profile(tmp_path):
-    """The repo profile with the test's overrides: local partition, no account, no GPU, small memory."""
+    """The repo profile with the test's overrides: local partition, no account, no GPU, small memory.
+
+    Many queued jobs on purpose: Slurm starts the next one the moment a CPU frees, whereas Snakemake
+    only notices a finished job at its next status check (the plugin backs off by 10 s per idle check).
+    """
     profile = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
     profile.pop("configfile")
-    profile.update({"jobs": 2, "retries": 0, "latency-wait": 5, "slurm-no-account": True,
+    profile.update({"jobs": 50, "retries": 0, "latency-wait": 5, "slurm-no-account": True,
                     "slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 2})
     profile["default-resources"] = {"slurm_partition": "debug", "runtime": 30, "mem_mb": 2000}
     profile["set-resources"] = {rule: {"mem_mb": 3000, "runtime": 30} for rule in profile["set-resources"]}
@@ -56,9 +60,10 @@ def _test_profile(tmp_path):
     return folder
 
 
-def _snakemake_slurm(workdir, profile, configfile, *args, **kw):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--profile", str(profile), "--configfile", str(configfile), *args]
+def _snakemake_slurm(workdir, profile, configfile, *targets, **kw):
+    # Targets go first: --configfile takes several values and would swallow them.
+    cmd = [sys.executable, "-m", "snakemake", *targets, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--profile", str(profile), "--configfile", str(configfile)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -100,13 +105,16 @@ def test_scancelled_job_is_reported_and_a_rerun_completes(slurm, tmp_path):
     job_ids, deadline = [], time.time() + 600
     while not job_ids and time.time() < deadline and proc.poll() is None:
         time.sleep(1)
-        listing = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %j"], capture_output=True, text=True)
-        job_ids = [ln.split()[0] for ln in listing.stdout.splitlines() if ln.strip()]
-    assert job_ids, "no SLURM job started"
+        # The plugin tags each job with --comment rule_<name>_wildcards_...: cancel the training job.
+        listing = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %k"], capture_output=True, text=True)
+        job_ids = [ln.split()[0] for ln in listing.stdout.splitlines() if "rule_train" in ln]
+    if not job_ids:
+        proc.kill()
+        pytest.fail(f"no SLURM training job started:\n{proc.communicate()[0][-3000:]}")
     subprocess.run(["scancel", *job_ids], check=True)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode != 0
-    assert "Error in rule train" in out or "CANCELLED" in out, out[-3000:]
+    assert "Error in rule train" in out and "CANCELLED" in out, out[-3000:]
     assert not (workdir / target).exists()
     rerun = _snakemake_slurm(workdir, profile, cfg, target)
     out, _ = rerun.communicate(timeout=1200)

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 from lorabench.config import TrainingSettings
 from lorabench.data import Collator
 from lorabench.evaluate import evaluate
+from lorabench.inference import model_inputs
 from lorabench.methods import METHODS, build_method, count_parameters
 from lorabench.methods.sparse_lora import adapter_weights, sparsity_report
 from lorabench.models import ModelLoader
@@ -129,10 +130,8 @@ def test_l1_penalty_makes_adapters_sparser_than_plain_lora(loader, rows, collato
 
 def _logits(model, rows, collator):
     model.eval()
-    batch = collator(rows)
-    batch.pop("labels")
     with torch.no_grad():
-        return model(**batch).logits
+        return model(**model_inputs(collator, rows, torch.device("cpu"))).logits
 
 
 @pytest.mark.parametrize("name", ["lora", "hira"])

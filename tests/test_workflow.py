@@ -72,8 +72,14 @@ def test_nothing_reruns_and_one_hyperparameter_reruns_only_its_method(smoke_run,
     assert trained and all("method=hira" in w for w in trained)
     assert len(trained) == len(cfg["datasets"]) * len(cfg["seeds"])
     assert not any(r in ("fetch_model", "fetch_dataset", "tokenize") for r, _ in jobs)
-    assert all("method=hira" in w for r, w in jobs if r in ("evaluate", "flops"))
-    assert {r for r, _ in jobs} <= {"train", "evaluate", "flops", "aggregate", "statistics", "plot", "all"}
+    assert all("method=hira" in w for r, w in jobs if r == "evaluate")
+    assert not any(r == "flops" for r, _ in jobs)  # FLOPs do not depend on the learning rate
+    assert {r for r, _ in jobs} <= {"train", "evaluate", "aggregate", "statistics", "plot", "all"}
+
+    cfg["methods"]["hira"]["r"] = cfg["methods"]["hira"]["r"] * 2  # the rank changes the graph
+    reshaped = _planned_jobs(snakemake(smoke_run, write_config(tmp_path / "rank.yaml", cfg), "--dry-run", timeout=120))
+    flops = [w for r, w in reshaped if r == "flops"]
+    assert flops and all("method=hira" in w for w in flops)
 
 
 def test_efficiency_columns_are_present_and_sane(smoke_run):

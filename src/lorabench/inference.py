@@ -17,7 +17,7 @@ def latency_ms(model, rows, collator, device, n: int = 50, warmup: int = 5) -> d
     model.eval()
     times = []
     for i in range(warmup + n):
-        batch = _inputs(collator, [rows[i % len(rows)]], device)
+        batch = model_inputs(collator, [rows[i % len(rows)]], device)
         _sync(device)
         start = time.perf_counter()
         model(**batch)
@@ -35,16 +35,17 @@ def throughput_per_s(model, rows, collator, device, batch_size: int, max_example
     rows = rows[:max_examples]
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     for chunk in batches[:1]:
-        model(**_inputs(collator, chunk, device))
+        model(**model_inputs(collator, chunk, device))
     _sync(device)
     start = time.perf_counter()
     for chunk in batches:
-        model(**_inputs(collator, chunk, device))
+        model(**model_inputs(collator, chunk, device))
     _sync(device)
     return len(rows) / (time.perf_counter() - start)
 
 
-def _inputs(collator, chunk, device):
+def model_inputs(collator, chunk, device) -> dict:
+    """A collated batch without labels, on the device: what a forward pass for prediction takes."""
     batch = collator(chunk)
     batch.pop("labels")
     return {k: v.to(device) for k, v in batch.items()}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install and start a one-node Slurm (slurmctld + slurmd on localhost, munge) for the `slurm` tests.
 # Idempotent; run as root (CI runs as root). No accounting database: job status comes from squeue,
-# so MinJobAge keeps finished jobs visible for an hour.
+# so MinJobAge keeps finished jobs visible for an hour. Addresses are 127.0.0.1, so the host name
+# need not resolve (CI containers often lack it in /etc/hosts).
 set -euo pipefail
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
@@ -21,7 +22,7 @@ chown -R root:root /etc/munge /run/munge /var/lib/munge /var/log/munge
 pgrep -x munged >/dev/null || munged --force
 cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=lorabench
-SlurmctldHost=${HOST}
+SlurmctldHost=${HOST}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -40,7 +41,7 @@ SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
-NodeName=${HOST} CPUs=${CPUS} RealMemory=${MEM} State=UNKNOWN
+NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM} State=UNKNOWN
 PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
 pgrep -x slurmctld >/dev/null || slurmctld

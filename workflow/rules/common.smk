@@ -5,6 +5,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also when not pip-installed
 
 from lorabench.config import ConfigError, validate_config
+from lorabench.methods import architecture_params
 
 try:
     validate_config(config)
@@ -44,6 +45,16 @@ def run_params(wildcards):
         "method_params": config["methods"][wildcards.method],
         "training": config["training"],
         "device": config["device"],
+    }
+
+
+def flops_params(wildcards):
+    """What a FLOPs count depends on: the data and the model's shape, not lr or the training schedule."""
+    ds = config["datasets"][wildcards.dataset]
+    return {
+        "dataset": ds,
+        "model_cfg": config["models"][ds["model"]],
+        "method_params": architecture_params(wildcards.method, config["methods"][wildcards.method]),
     }
 
 

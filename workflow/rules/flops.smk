@@ -6,7 +6,7 @@ rule flops:
     output:
         "results/flops/{dataset}/{method}.json",
     params:
-        run=run_params,
+        run=flops_params,
     log:
         "results/logs/flops/{dataset}_{method}.log",
     benchmark:

@@ -8,9 +8,18 @@ from lorabench.methods.base import METHODS, Method, count_parameters, register  
 from lorabench.methods import full_ft, hira, lora, qlora, sparse_lora  # noqa: F401  (registration)
 
 
-def build_method(name: str, params: dict, target_modules: list[str]) -> Method:
+def method_class(name: str) -> type[Method]:
     try:
-        cls = METHODS[name]
+        return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method '{name}'; registered: {', '.join(sorted(METHODS))}") from None
-    return cls(name, params, target_modules)
+
+
+def build_method(name: str, params: dict, target_modules: list[str]) -> Method:
+    return method_class(name)(name, params, target_modules)
+
+
+def architecture_params(name: str, params: dict) -> dict:
+    """The method's settings that shape the model (rank, alpha, ...), without the training-only ones."""
+    dropped = set(method_class(name).training_only_params)
+    return {k: v for k, v in params.items() if k not in dropped}

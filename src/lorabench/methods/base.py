@@ -55,6 +55,8 @@ class Method:
     mergeable = False
     #: Method whose full-precision model stands in for this one when counting FLOPs (fvcore cannot trace 4-bit).
     flops_proxy: str | None = None
+    #: Config keys that shape training only, not the model's graph: FLOPs do not depend on them.
+    training_only_params: tuple[str, ...] = ("lr", "lr_reason")
 
     def __init__(self, name: str, params: dict, target_modules: list[str]):
         self.name = name

@@ -68,6 +68,8 @@ def sparsity_report(model: torch.nn.Module) -> dict:
 
 @register("sparse_lora_l1")
 class SparseLoRAL1(LoRA):
+    training_only_params = LoRA.training_only_params + ("l1_weight", "zero_threshold")
+
     def regularization(self, model):
         weights = list(adapter_weights(model))
         l1 = sum(w.abs().sum() for w in weights) / sum(w.numel() for w in weights)
@@ -82,6 +84,9 @@ class SparseLoRAL1(LoRA):
 
 class _PrunedLoRA(LoRA):
     """Shared schedule and masks; subclasses say how masks are chosen for a target sparsity."""
+
+    # fvcore counts the dense adapter matmuls, so the pruning target and schedule do not change FLOPs.
+    training_only_params = LoRA.training_only_params + ("sparsity", "prune_start_frac", "prune_end_frac")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
