@@ -39,4 +39,5 @@ test-slurm: venv              ## the real-Slurm tests only (root: installs and s
 	LORABENCH_SNAPSHOTS=$(SNAPSHOTS) $(VENV)/bin/pytest -m slurm tests
 
 clean:                        ## remove generated results and caches (keeps .venv)
-	rm -rf results/runs results/logs results/benchmarks results/figures results/*.csv resources .snakemake
+	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf resources .snakemake
