@@ -148,9 +148,9 @@ def main() -> None:
                 bare.append(bare_loop(name, loader, rows, collator, settings))
         result = min(runs, key=lambda r: r["train_time_s"])
         step_ours = result["train_time_s"] / result["train_steps"]
-        per_example = count_flops(build_method("lora" if name == "qlora" else name, PARAMS[name],
-                                               loader.target_modules).build(loader), mean_len, mean_len,
-                                  len(tokenizer))["train_flops_per_example"]
+        counted_as = build_method(name, PARAMS[name], loader.target_modules).flops_proxy or name  # 4-bit: see flops_run
+        per_example = count_flops(build_method(counted_as, PARAMS[name], loader.target_modules).build(loader),
+                                  mean_len, mean_len, len(tokenizer))["train_flops_per_example"]
         achieved = per_example * result["train_examples_seen"] / result["train_time_s"]
         mfu[name] = achieved / peak
         row = {"method": name, "steps": result["train_steps"], "ours_run_s": result["train_time_s"],

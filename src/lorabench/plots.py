@@ -33,17 +33,18 @@ def task_metric(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_summary(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Mean and 95% t-interval over seeds of each column, per (panel, method)."""
-    from lorabench.stats import t_interval
+    """Mean and 95% t-interval over seeds of each column, per (panel, method), as <c>, <c>_lo, <c>_hi.
 
-    rows = []
-    for (panel, dataset, task, method), g in df.groupby(["panel", "dataset", "task", "method"]):
-        row = {"panel": panel, "dataset": dataset, "task": task, "method": method}
-        for c in columns:
-            mean, _, lo, hi = t_interval(g[c]) if c in g else (float("nan"),) * 4
-            row[c], row[f"{c}_lo"], row[f"{c}_hi"] = mean, (mean if pd.isna(lo) else lo), (mean if pd.isna(hi) else hi)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    With a single seed there is no interval; the bars then collapse onto the mean."""
+    from lorabench.stats import describe
+
+    s = describe(df, ["panel", "dataset", "task", "method"], columns)
+    for c in columns:
+        mean = s.get(f"{c}_mean", pd.Series(float("nan"), index=s.index))
+        s[c] = mean
+        s[f"{c}_lo"] = s.get(f"{c}_ci95_low", mean).fillna(mean)
+        s[f"{c}_hi"] = s.get(f"{c}_ci95_high", mean).fillna(mean)
+    return s
 
 
 def _theme(width=12, height=4):

@@ -15,8 +15,8 @@ from lorabench.inference import measure as measure_inference
 from lorabench.methods import build_method, count_parameters
 from lorabench.models import ModelLoader
 from lorabench.trainer import RunId, train
-from lorabench.utils import (atomic_dir, device_name, dir_size_mb, package_versions, peak_rss_mb, resolve_device,
-                             seed_everything, set_threads, write_json)
+from lorabench.utils import (atomic_dir, device_name, dir_size_mb, package_versions, peak_memory_mb, peak_rss_mb,
+                             read_json, resolve_device, seed_everything, set_threads, write_json)
 
 
 def _setup(model_dir, dataset: dict, model_cfg: dict, method_name: str, method_params: dict, threads: int):
@@ -75,16 +75,15 @@ def evaluate_run(*, model_dir, tokenized_dir, trained_dir, out_metrics, out_pred
         torch.cuda.reset_peak_memory_stats(dev)
     model = method.load_trained(loader, trained_dir)
     rows = load_tokenized(tokenized_dir, EVAL).to_list()
-    collator = _collator(loader, training.get("mlm_probability", 0.15))
+    collator = _collator(loader, training["mlm_probability"])
     start = time.perf_counter()
     result, per_example = evaluate(model, rows, collator, dataset["task"], loader.lm_kind,
-                                   evaluation["batch_size"], evaluation.get("mask_seed", 0), dev)
+                                   evaluation["batch_size"], evaluation["mask_seed"], dev)
     result["eval_time_s"] = time.perf_counter() - start
     result["adapter_size_mb"] = dir_size_mb(trained_dir)
-    result.update(measure_inference(model, method, rows, collator, dev, evaluation.get("throughput_batch_size", 32),
-                                    evaluation.get("latency_examples", 50), result["adapter_size_mb"]))
-    result["peak_infer_mem_mb"] = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
-                                   else peak_rss_mb() - baseline)
+    result.update(measure_inference(model, method, rows, collator, dev, evaluation["throughput_batch_size"],
+                                    evaluation["latency_examples"], result["adapter_size_mb"]))
+    result["peak_infer_mem_mb"] = peak_memory_mb(dev, baseline)
     Path(out_predictions).parent.mkdir(parents=True, exist_ok=True)
     per_example.to_csv(out_predictions, index=False)
     write_json(out_metrics, result)
@@ -97,7 +96,6 @@ def flops_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_cfg: d
     from transformers import AutoTokenizer
 
     from lorabench import flops
-    from lorabench.utils import read_json
 
     loader, method = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads)
     counted_as = method.flops_proxy or method_name

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from lorabench.config import TrainingSettings
 from lorabench.data import length_grouped_batches
-from lorabench.utils import peak_rss_mb
+from lorabench.utils import peak_memory_mb
 
 
 class DivergenceError(RuntimeError):
@@ -104,10 +104,6 @@ class Checkpointer:
         print(f"resumed from {self.path} at optimizer step {progress.step}", file=sys.stderr)
         return progress
 
-    def remove(self) -> None:
-        if self.path.exists():
-            self.path.unlink()
-
 
 def plan_steps(n_examples: int, settings: TrainingSettings) -> tuple[int, int]:
     """(optimizer steps per epoch, total optimizer steps) for this many training examples."""
@@ -195,8 +191,7 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     method.finalize(model)
     train_time = progress.elapsed_s + time.perf_counter() - segment_start
     bar.close()
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-            else peak_rss_mb() - baseline_rss_mb)
+    peak = peak_memory_mb(device, baseline_rss_mb)
     curve = progress.loss_curve
     return {
         "train_steps": progress.step,

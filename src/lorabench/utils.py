@@ -104,6 +104,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def peak_memory_mb(device: torch.device, baseline_rss_mb: float) -> float:
+    """Peak memory of the measured phase: CUDA max allocated on GPU, else peak RSS above ``baseline_rss_mb``."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb() - baseline_rss_mb
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

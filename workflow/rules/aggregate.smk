@@ -40,8 +40,8 @@ rule plot:
     input:
         summary="results/summary.csv",
     output:
-        **{f"{f}_{ext}": report(f"results/figures/{f}.{ext}", caption=f"../report/{f}.rst", category="Figures")
-           for f in FIGURES for ext in ("png",)},
+        **{f"{f}_png": report(f"results/figures/{f}.png", caption=f"../report/{f}.rst", category="Figures")
+           for f in FIGURES},
         **{f"{f}_svg": f"results/figures/{f}.svg" for f in FIGURES},
     params:
         out_dir="results/figures",
