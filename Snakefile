@@ -13,8 +13,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/fetch.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/flops.smk"
+include: "workflow/rules/efficiency.smk"
 include: "workflow/rules/aggregate.smk"
 
 

@@ -69,3 +69,24 @@ def minilm_dir():
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+SST2_DATASET = {"task": "classification", "text_field": "sentence", "label_field": "label", "train_split": "train",
+                "eval_split": "validation", "train_size": 96, "eval_size": 32, "max_length": 32, "num_labels": 2}
+
+
+@pytest.fixture(scope="session")
+def tokenized(tmp_path_factory):
+    """96 SST-2 training and 32 validation sentences, tokenized for MiniLM (SST2_DATASET)."""
+    import pandas as pd
+
+    from lorabench.data import tokenize_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "raw"
+    raw.mkdir()
+    for split in ("train", "validation"):
+        src = SNAPSHOTS / "datasets/stanfordnlp/sst2/data" / f"{split}-00000-of-00001.parquet"
+        pd.read_parquet(src).to_parquet(raw / f"{split}.parquet")
+    tokenize_dataset(SST2_DATASET, MINILM, raw, 0, root / "tok")
+    return root / "tok"

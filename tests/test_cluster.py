@@ -24,7 +24,7 @@ def test_slurm_profile_is_complete():
     assert profile["configfile"] == "configs/paper.yaml"
     defaults = profile["default-resources"]
     assert {"slurm_partition", "slurm_account", "runtime", "mem_mb"} <= set(defaults)
-    for rule in ("train", "evaluate", "flops"):
+    for rule in ("train", "efficiency"):
         assert profile["set-resources"][rule]["gpu"] == 1
     for rule in ("aggregate", "statistics", "plot"):
         assert "gpu" not in profile["set-resources"].get(rule, {})

@@ -12,7 +12,7 @@ from lorabench.data import Collator
 from lorabench.evaluate import evaluate
 from lorabench.inference import model_inputs
 from lorabench.methods import METHODS, build_method, count_parameters
-from lorabench.methods.sparse_lora import adapter_weights, sparsity_report
+from lorabench.methods.adapter_stats import adapter_weights, sparsity_report
 from lorabench.models import ModelLoader
 from lorabench.trainer import RunId, train
 from lorabench.utils import seed_everything
@@ -60,7 +60,7 @@ def _build(name, loader, seed=0):
 
 
 def _train(method, model, rows, collator, settings=SETTINGS):
-    return train(model, method, rows, collator, settings, method.params["lr"], 0, CPU, RunId(method.name, "sst2", 0), 0.0)
+    return train(model, method, rows, collator, settings, method.params["lr"], 0, CPU, RunId(method.name, "sst2", 0))
 
 
 def test_every_registered_method_is_tested():

@@ -28,3 +28,53 @@ def test_language_model_kind_follows_the_architecture():
     assert language_model_kind(AutoConfig.from_pretrained(MINILM)) == "masked"
     llama = AutoConfig.for_model("llama", architectures=["LlamaForCausalLM"])
     assert language_model_kind(llama) == "causal"
+
+
+@pytest.fixture(scope="module")
+def tiny_distilbert(tmp_path_factory):
+    """A random-initialized DistilBERT with the masked-LM head, MiniLM's tokenizer (the same uncased
+    30,522-token vocabulary as distilbert-base-uncased): code paths, not accuracy."""
+    import shutil
+
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("distilbert")
+    config = DistilBertConfig(vocab_size=30522, dim=64, n_layers=2, n_heads=2, hidden_dim=128,
+                              architectures=["DistilBertForMaskedLM"])
+    DistilBertForMaskedLM(config).save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(MINILM / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("task", ["language_modeling", "classification"])
+def test_qlora_on_distilbert_keeps_tied_and_task_heads_in_full_precision(tiny_distilbert, task):
+    import bitsandbytes as bnb
+    import torch
+    from transformers import AutoTokenizer
+
+    from lorabench.data import Collator
+    from lorabench.evaluate import evaluate
+    from lorabench.methods import build_method
+
+    loader = ModelLoader(tiny_distilbert, task, 2)
+    method = build_method("qlora", {"lr": 1e-3, "r": 4, "alpha": 8, "dropout": 0.0}, loader.target_modules)
+    model = method.build(loader)  # raised in bitsandbytes while the tied vocab_projector was quantized
+    quantized = {n.removesuffix(".base_layer").rsplit(".", 1)[-1] for n, m in model.named_modules()
+                 if isinstance(m, bnb.nn.Linear4bit)}  # PEFT wraps each adapted layer: <name>.base_layer
+    assert quantized and quantized <= set(TARGET_MODULES["distilbert"])  # heads stay full precision
+    tok = AutoTokenizer.from_pretrained(tiny_distilbert)
+    texts = ["a fine film with a warm heart", "dull, long and badly acted", "the plot never moves"]
+    labels = [1, 0, 0]
+    rows = [{"example_id": i, "input_ids": ids, "labels": labels[i] if task == "classification" else list(ids)}
+            for i, ids in enumerate(tok(texts)["input_ids"])]
+    collator = Collator(tok, masked_lm=loader.lm_kind == "masked")
+    batch = collator(rows, generator=torch.Generator().manual_seed(0))
+    model.train()
+    model(**batch).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    result, _ = evaluate(model, rows, collator, task, loader.lm_kind, 2, 0, torch.device("cpu"))
+    if task == "language_modeling":
+        assert loader.lm_kind == "masked" and 1 < result["perplexity"] < float("inf")
+    else:
+        assert "pre_classifier" in loader.head_modules and 0 <= result["accuracy"] <= 1

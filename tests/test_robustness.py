@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,36 +20,23 @@ from lorabench.data import load_tokenized, tokenize_dataset
 from lorabench.run import train_run
 from lorabench.trainer import DivergenceError
 
-from conftest import MINILM, REPO, SNAPSHOTS
+from conftest import MINILM, REPO, SST2_DATASET as DATASET
 
-SST2 = SNAPSHOTS / "datasets/stanfordnlp/sst2/data"
-DATASET = {"task": "classification", "text_field": "sentence", "label_field": "label", "train_split": "train",
-           "eval_split": "validation", "train_size": 96, "eval_size": 32, "max_length": 32, "num_labels": 2}
 TRAINING = {"epochs": 2, "batch_size": 8, "grad_accum_steps": 1, "warmup_ratio": 0.1, "weight_decay": 0.01,
             "max_grad_norm": 1.0, "subset_seed": 0, "checkpoint_every": 1}
 METHOD = {"lr": 2e-3, "r": 4, "alpha": 8, "dropout": 0.1, "sparsity": 0.5, "prune_start_frac": 0.1,
           "prune_end_frac": 0.6}
 TIMING = {"train_time_s", "train_time_per_epoch_s", "epoch_times_s", "train_tokens_per_s", "train_examples_per_s",
-          "peak_train_mem_mb", "device_hours", "cost_usd", "resumed_from_step"}
-
-
-@pytest.fixture(scope="module")
-def tokenized(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    raw = root / "raw"
-    raw.mkdir()
-    for split in ("train", "validation"):
-        pd.read_parquet(SST2 / f"{split}-00000-of-00001.parquet").to_parquet(raw / f"{split}.parquet")
-    tokenize_dataset(DATASET, MINILM, raw, 0, root / "tok")
-    return root / "tok"
+          "peak_train_mem_mb", "load_peak_mem_mb", "device_hours", "cost_usd", "resumed_from_step", "job_phases_s"}
 
 
 def _kwargs(tokenized, out: Path, seed=0, method="sparse_lora_magnitude", model_dir=MINILM):
     return dict(model_dir=str(model_dir), tokenized_dir=str(tokenized), out_model_dir=str(out / "model"),
-                out_metrics=str(out / "train_metrics.json"), dataset_name="sst2", dataset=DATASET,
+                out_metrics=str(out / "train_metrics.json"), out_eval_metrics=str(out / "eval_metrics.json"),
+                out_predictions=str(out / "predictions.csv"), dataset_name="sst2", dataset=DATASET,
                 model_cfg={"repo": "sentence-transformers/all-MiniLM-L6-v2"}, method_name=method,
-                method_params=METHOD, training=TRAINING, seed=seed, threads=1, device="cpu",
-                cost_per_device_hour={}, checkpoint_dir=str(out / "ckpt"))
+                method_params=METHOD, training=TRAINING, evaluation={"batch_size": 32, "mask_seed": 0}, seed=seed,
+                threads=1, device="cpu", cost_per_device_hour={}, checkpoint_dir=str(out / "ckpt"))
 
 
 def _comparable(metrics: dict) -> dict:

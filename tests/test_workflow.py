@@ -1,13 +1,15 @@
 """The smoke config through real Snakemake: every dataset and method, metrics in range, and reruns that
 touch only what a config change invalidates."""
 
+import json
 import math
 import re
 
 import pandas as pd
 import pytest
+import yaml
 
-from conftest import smoke_config, snakemake, write_config
+from conftest import REPO, smoke_config, snakemake, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +41,7 @@ def test_run_outputs_and_figures_exist(smoke_run):
     assert {"example_id", "label", "pred"} <= set(preds.columns) and len(preds) == 32
     for ext in ("png", "svg"):
         assert (smoke_run / "results" / "figures" / f"metric_vs_trainable_params.{ext}").stat().st_size > 1000
-    for rule in ("train", "evaluate"):
+    for rule in ("train", "efficiency"):
         assert list((smoke_run / "results" / "logs" / rule).glob("*.log"))
         assert list((smoke_run / "results" / "benchmarks" / rule).glob("*.tsv"))
 
@@ -63,6 +65,12 @@ def test_nothing_reruns_and_one_hyperparameter_reruns_only_its_method(smoke_run,
     same = snakemake(smoke_run, write_config(tmp_path / "same.yaml", cfg), "--dry-run", timeout=120)
     assert same.returncode == 0, same.stderr
     assert "Nothing to be done" in same.stdout + same.stderr
+    # the same config re-saved with every key sorted (and so in another order) reruns nothing either
+    resorted = tmp_path / "sorted.yaml"
+    resorted.write_text(yaml.safe_dump(cfg, sort_keys=True))
+    assert list(yaml.safe_load(resorted.read_text())["methods"]) != list(cfg["methods"])
+    same = snakemake(smoke_run, resorted, "--dry-run", timeout=120)
+    assert same.returncode == 0 and "Nothing to be done" in same.stdout + same.stderr, same.stdout[-3000:]
 
     cfg["methods"]["hira"]["lr"] = cfg["methods"]["hira"]["lr"] * 2
     changed = snakemake(smoke_run, write_config(tmp_path / "changed.yaml", cfg), "--dry-run", timeout=120)
@@ -72,14 +80,26 @@ def test_nothing_reruns_and_one_hyperparameter_reruns_only_its_method(smoke_run,
     assert trained and all("method=hira" in w for w in trained)
     assert len(trained) == len(cfg["datasets"]) * len(cfg["seeds"])
     assert not any(r in ("fetch_model", "fetch_dataset", "tokenize") for r, _ in jobs)
-    assert all("method=hira" in w for r, w in jobs if r == "evaluate")
-    assert not any(r == "flops" for r, _ in jobs)  # FLOPs do not depend on the learning rate
-    assert {r for r, _ in jobs} <= {"train", "evaluate", "aggregate", "statistics", "plot", "all"}
+    # latency, size and FLOPs do not depend on the learning rate
+    assert {r for r, _ in jobs} <= {"train", "aggregate", "statistics", "plot", "all"}
 
     cfg["methods"]["hira"]["r"] = cfg["methods"]["hira"]["r"] * 2  # the rank changes the graph
     reshaped = _planned_jobs(snakemake(smoke_run, write_config(tmp_path / "rank.yaml", cfg), "--dry-run", timeout=120))
-    flops = [w for r, w in reshaped if r == "flops"]
-    assert flops and all("method=hira" in w for w in flops)
+    efficiency = [w for r, w in reshaped if r == "efficiency"]
+    assert len(efficiency) == len(cfg["datasets"]) and all("method=hira" in w for w in efficiency)
+
+
+def test_precision_is_part_of_every_run(smoke_run, tmp_path):
+    cfg = smoke_config()
+    df = pd.read_csv(smoke_run / "results" / "summary.csv")
+    assert (df["precision"] == "fp32").all() and (df["precision_requested"] == "fp32").all()
+    assert "| precision |" in (smoke_run / "results" / "report.md").read_text()
+    cfg["precision"] = "bf16"
+    jobs = _planned_jobs(snakemake(smoke_run, write_config(tmp_path / "bf16.yaml", cfg), "--dry-run", timeout=120))
+    runs = len(cfg["datasets"]) * len(cfg["methods"]) * len(cfg["seeds"])
+    assert sum(r == "train" for r, _ in jobs) == runs
+    assert sum(r == "efficiency" for r, _ in jobs) == len(cfg["datasets"]) * len(cfg["methods"])
+    assert not any(r in ("fetch_model", "fetch_dataset", "tokenize") for r, _ in jobs)
 
 
 def test_efficiency_columns_are_present_and_sane(smoke_run):
@@ -88,6 +108,10 @@ def test_efficiency_columns_are_present_and_sane(smoke_run):
                 "model_size_mb", "flops_per_example", "macs_per_example", "train_flops", "train_tokens_per_s"):
         assert (df[col] > 0).all(), col
     assert (df["latency_p95_ms"] >= df["latency_ms"]).all()
+    # timed in rounds: an interval around each, the same for every seed of a (dataset, method)
+    assert (df["latency_ms_ci95_low"] <= df["latency_ms_ci95_high"]).all()
+    assert (df["throughput_per_s_ci95_low"] <= df["throughput_per_s"]).all()
+    assert (df.groupby(["dataset", "method"])["latency_ms"].nunique() == 1).all()
     assert (df["flops_per_example"] == 2 * df["macs_per_example"]).all()
     # adapters are small on disk; full fine-tuning ships the whole model
     sizes = df.set_index(["dataset", "method"])["adapter_size_mb"]
@@ -125,3 +149,25 @@ def test_snakemake_html_report_builds(smoke_run, tmp_path):
     proc = snakemake(smoke_run, write_config(tmp_path / "c.yaml", smoke_config()), "--report", str(html), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert html.stat().st_size > 100_000
+
+
+def test_pipeline_efficiency_accounts_for_the_smoke_run(smoke_run, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import pipeline_efficiency
+
+    assert pipeline_efficiency.main([str(smoke_run / "results")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    m = re.fullmatch(r"train_share=([\d.]+) jobs=(\d+) wall_s=(\d+)", out[-1])
+    assert m, out[-1]
+    cfg = smoke_config()
+    runs = len(cfg["datasets"]) * len(cfg["methods"]) * len(cfg["seeds"])
+    benchmarks = list((smoke_run / "results" / "benchmarks").rglob("*.tsv"))
+    assert int(m.group(2)) == len(benchmarks) >= runs + len(cfg["datasets"]) * len(cfg["methods"])
+    table, totals = pipeline_efficiency.breakdown(smoke_run / "results")
+    seconds = table.set_index("where")["seconds"]
+    loops = sum(json.loads(p.read_text())["train_time_s"] for p in (smoke_run / "results" / "runs").rglob("train_metrics.json"))
+    assert seconds["training loops"] == pytest.approx(loops, rel=1e-6)
+    assert float(m.group(1)) == pytest.approx(loops / totals["wall_s"], abs=1e-3)
+    for where in ("evaluation", "efficiency timing", "FLOPs", "start-up and load"):
+        assert seconds[where] > 0, where
+    assert seconds.sum() == pytest.approx(totals["wall_s"])  # every second of the wall time is placed

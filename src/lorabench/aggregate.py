@@ -9,8 +9,9 @@ import pandas as pd
 from lorabench.utils import read_json
 
 ID_COLUMNS = ["dataset", "model_repo", "method", "seed", "task", "train_split", "eval_split"]
-# Lists and nested records stay in the per-run JSON files; the summary keeps scalars.
-DROP = {"loss_curve", "epoch_times_s", "versions"}
+# Lists and nested records stay in the per-run JSON files; the summary keeps scalars. job_phases_s is where
+# each job's time went (benchmarks/pipeline_efficiency.py), not a property of the method.
+DROP = {"loss_curve", "epoch_times_s", "versions", "job_phases_s"}
 
 
 def run_row(train_metrics: dict, eval_metrics: dict) -> dict:
@@ -23,23 +24,26 @@ def run_row(train_metrics: dict, eval_metrics: dict) -> dict:
     return row
 
 
-def flops_table(flops_files) -> pd.DataFrame:
-    """FLOPs per (dataset, method) from results/flops/<dataset>/<method>.json."""
+def efficiency_table(efficiency_files) -> pd.DataFrame:
+    """Latency, throughput, size, inference memory and FLOPs per (dataset, method), from
+    results/efficiency/<dataset>/<method>.json (measured once per pair, not per seed)."""
     rows = []
-    for f in map(Path, flops_files):
-        rows.append({"dataset": f.parent.name, "method": f.stem, **read_json(f)})
+    for f in map(Path, efficiency_files):
+        measured = {k: v for k, v in read_json(f).items() if k not in DROP}
+        rows.append({"dataset": f.parent.name, "method": f.stem, **measured})
     return pd.DataFrame(rows)
 
 
-def summarize(train_files, eval_files, flops_files=()) -> pd.DataFrame:
+def summarize(train_files, eval_files, efficiency_files=()) -> pd.DataFrame:
     rows = []
     for tf, ef in zip(sorted(map(str, train_files)), sorted(map(str, eval_files))):
         if Path(tf).parent != Path(ef).parent:
             raise ValueError(f"train and eval files do not pair up: {tf} vs {ef}")
         rows.append(run_row(read_json(tf), read_json(ef)))
     df = pd.DataFrame(rows)
-    if len(flops_files):
-        df = df.merge(flops_table(flops_files), on=["dataset", "method"], how="left", validate="many_to_one")
+    if len(efficiency_files):
+        df = df.merge(efficiency_table(efficiency_files), on=["dataset", "method"], how="left",
+                      validate="many_to_one")
         # Whole-run training FLOPs: per-example forward+backward FLOPs times the examples the run saw.
         df["train_flops"] = df["train_flops_per_example"] * df["train_examples_seen"]
     first = [c for c in ID_COLUMNS if c in df.columns]
@@ -47,8 +51,8 @@ def summarize(train_files, eval_files, flops_files=()) -> pd.DataFrame:
     return df.sort_values(["dataset", "method", "seed"]).reset_index(drop=True)
 
 
-def write_summary(train_files, eval_files, flops_files, out_csv) -> pd.DataFrame:
-    df = summarize(train_files, eval_files, flops_files)
+def write_summary(train_files, eval_files, efficiency_files, out_csv) -> pd.DataFrame:
+    df = summarize(train_files, eval_files, efficiency_files)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
     return df

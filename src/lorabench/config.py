@@ -10,6 +10,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from lorabench.hub import snapshot_path
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -64,13 +66,9 @@ def _fill_defaults(config: dict, schema: dict) -> None:
         model.setdefault("gguf_file", None)
         model.setdefault("target_modules", None)
     config.setdefault("device", "auto")
+    config.setdefault("precision", "auto")
     config.setdefault("baseline_method", "lora")
     config.setdefault("cost_per_device_hour", {})
-
-
-def snapshot_path(snapshots: str, kind: str, repo: str) -> Path:
-    """Where a hub repo lives inside a snapshot folder (kind is 'models' or 'datasets')."""
-    return Path(snapshots) / kind / repo
 
 
 def _semantic_checks(config: dict) -> None:
@@ -103,8 +101,23 @@ def _semantic_checks(config: dict) -> None:
             f"config key 'baseline_method': '{config['baseline_method']}' is not among the configured methods "
             f"({', '.join(config['methods'])})"
         )
+    _check_precision(config)
     _check_sources(config)
     _check_ranks(config)
+
+
+def _check_precision(config: dict) -> None:
+    """Every method must be able to run in the configured precision ('auto' may become bf16 or fp32)."""
+    from lorabench.methods import METHODS
+
+    requested = config["precision"]
+    for precision in (["bf16", "fp32"] if requested == "auto" else [requested]):
+        for name, params in config["methods"].items():
+            why = METHODS[name].precision_conflict(params, precision)
+            if why:
+                via = f" ('auto' gives {precision} on hardware with native bf16)" if requested == "auto" else ""
+                raise ConfigError(f"config key 'methods.{name}': method '{name}' cannot run in precision "
+                                  f"'{precision}'{via}: {why}")
 
 
 def _check_sources(config: dict) -> None:
@@ -162,6 +175,18 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     _fill_defaults(config, schema)
     _semantic_checks(config)
     return config
+
+
+def sorted_keys(value):
+    """The same config with every mapping's keys in sorted order, recursively (lists keep their order).
+
+    Snakemake compares a job's params with the recorded ones including the order of dict keys, so a config
+    file re-saved with its keys in another order would rerun every job; jobs read this canonical form."""
+    if isinstance(value, dict):
+        return {k: sorted_keys(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [sorted_keys(v) for v in value]
+    return value
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:

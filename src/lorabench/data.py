@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lorabench.hub import download_repo, snapshot_path
 from lorabench.utils import atomic_dir, write_json
 
 TRAIN, EVAL = "train", "eval"
@@ -17,8 +18,6 @@ def fetch_dataset(repo: str, config_name: str | None, splits: list[str], snapsho
     """Write the named splits of a hub dataset as ``<out_dir>/<split>.parquet`` (atomically)."""
     import datasets
 
-    from lorabench.config import snapshot_path
-    from lorabench.hub import download_repo
 
     src = snapshot_path(snapshots, "datasets", repo) if snapshots else download_repo(repo, "dataset")
     loaded = datasets.load_dataset(str(src), config_name)

@@ -6,25 +6,33 @@ significance tests pair methods on the same examples.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from lorabench import metrics
+from lorabench.precision import Precision
 
 
 @torch.no_grad()
 def evaluate(model, rows: list[dict], collator, task: str, lm_kind: str | None, batch_size: int,
-             mask_seed: int, device: torch.device) -> tuple[dict, pd.DataFrame]:
+             mask_seed: int, device: torch.device, precision: Precision | None = None) -> tuple[dict, pd.DataFrame]:
+    """Metrics of ``model`` on ``rows`` under ``precision``'s autocast (fp32 when None), and per-example outputs."""
     model.to(device)
     model.eval()
     mask_gen = torch.Generator().manual_seed(mask_seed)  # the same masks for every method
+    if task == "classification":  # longest first: batches of similar length pad little (the order is the same
+        rows = sorted(rows, key=lambda r: -len(r["input_ids"]))  # for every method; outputs carry example_id)
     records = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         batch = collator(chunk, generator=mask_gen)
         labels = batch.pop("labels")
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+        with (precision.autocast() if precision else nullcontext()):
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        logits = logits.float().cpu()
         ids = [r["example_id"] for r in chunk]
         if task == "classification":
             preds = logits.argmax(-1)
@@ -35,7 +43,7 @@ def evaluate(model, rows: list[dict], collator, task: str, lm_kind: str | None, 
         nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
         counts = (labels != -100).sum(1)
         records += [{"example_id": i, "nll_sum": float(s), "tokens": int(c)} for i, s, c in zip(ids, nll.sum(1), counts)]
-    per_example = pd.DataFrame.from_records(records)
+    per_example = pd.DataFrame.from_records(records).sort_values("example_id", ignore_index=True)
     if task == "classification":
         result = {
             "accuracy": metrics.accuracy(per_example["label"], per_example["pred"]),

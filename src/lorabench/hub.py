@@ -1,8 +1,15 @@
-"""Downloads from the Hugging Face hub, used only when no snapshot folder is configured."""
+"""Where hub repositories come from: a local snapshot folder, or a download from the Hugging Face hub when no
+snapshot folder is configured."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+
+def snapshot_path(snapshots: str, kind: str, repo: str) -> Path:
+    """Where a hub repo lives inside a snapshot folder (kind is 'models' or 'datasets')."""
+    return Path(snapshots) / kind / repo
 
 
 class HubUnreachable(RuntimeError):

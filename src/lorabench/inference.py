@@ -1,46 +1,54 @@
-"""Inference costs: batch-1 latency, batched throughput, peak memory, size on disk as deployed."""
+"""Inference costs: batch-1 latency, batched throughput, size on disk as deployed.
+
+Timed once per (method, dataset) in the efficiency job, in ``repeats`` rounds so that each number gets a
+95% interval over rounds; forward passes run in the run's precision (autocast)."""
 
 from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
+from lorabench.stats import t_interval
 from lorabench.utils import dir_size_mb
 
 
+def _autocast(precision):
+    return precision.autocast() if precision is not None else nullcontext()
+
+
 @torch.no_grad()
-def latency_ms(model, rows, collator, device, n: int = 50, warmup: int = 5) -> dict:
-    """Median and p95 forward latency per example at batch size 1, over ``n`` examples after warm-up."""
+def latency_times_ms(model, rows, collator, device, n: int = 50, precision=None) -> list[float]:
+    """Forward latency (ms) of the first ``n`` examples at batch size 1, one by one."""
     model.eval()
     times = []
-    for i in range(warmup + n):
+    for i in range(n):
         batch = model_inputs(collator, [rows[i % len(rows)]], device)
         _sync(device)
         start = time.perf_counter()
-        model(**batch)
+        with _autocast(precision):
+            model(**batch)
         _sync(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1000)
-    return {"latency_ms": float(np.median(times)), "latency_p95_ms": float(np.percentile(times, 95)),
-            "latency_examples": n}
+        times.append((time.perf_counter() - start) * 1000)
+    return times
 
 
 @torch.no_grad()
-def throughput_per_s(model, rows, collator, device, batch_size: int, max_examples: int = 64) -> float:
+def throughput_per_s(model, rows, collator, device, batch_size: int, max_examples: int = 64, precision=None) -> float:
     """Examples per second through the forward pass at ``batch_size`` (after one warm-up batch)."""
     model.eval()
     rows = rows[:max_examples]
-    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-    for chunk in batches[:1]:
-        model(**model_inputs(collator, chunk, device))
-    _sync(device)
-    start = time.perf_counter()
-    for chunk in batches:
-        model(**model_inputs(collator, chunk, device))
-    _sync(device)
+    batches = [model_inputs(collator, rows[i : i + batch_size], device) for i in range(0, len(rows), batch_size)]
+    with _autocast(precision):
+        model(**batches[0])
+        _sync(device)
+        start = time.perf_counter()
+        for batch in batches:
+            model(**batch)
+        _sync(device)
     return len(rows) / (time.perf_counter() - start)
 
 
@@ -63,21 +71,42 @@ def deployed_size_mb(model) -> float:
         return dir_size_mb(tmp)
 
 
-def measure(model, method, rows, collator, device, batch_size: int, n_latency: int, adapter_mb: float) -> dict:
+def timed(model, rows, collator, device, batch_size: int, n_latency: int, repeats: int, precision=None,
+          prefix: str = "") -> dict:
+    """Latency and throughput in ``repeats`` rounds over the same examples: the median and p95 over every
+    timed forward, with a 95% t-interval over the rounds' medians (latency) and over the rounds (throughput).
+
+    One untimed pass first: each new input shape costs kernel selection once (oneDNN, cuBLAS), which is
+    start-up, not latency."""
+    latency_times_ms(model, rows, collator, device, n_latency, precision)
+    medians, all_times, rates = [], [], []
+    for _ in range(repeats):
+        times = latency_times_ms(model, rows, collator, device, n_latency, precision)
+        medians.append(float(np.median(times)))
+        all_times += times
+        rates.append(throughput_per_s(model, rows, collator, device, batch_size, precision=precision))
+    _, _, lat_lo, lat_hi = t_interval(medians)
+    thr, _, thr_lo, thr_hi = t_interval(rates)
+    return {
+        f"latency{prefix}_ms": float(np.median(all_times)), f"latency{prefix}_p95_ms": float(np.percentile(all_times, 95)),
+        f"latency{prefix}_ms_ci95_low": lat_lo, f"latency{prefix}_ms_ci95_high": lat_hi,
+        f"throughput{prefix}_per_s": thr, f"throughput{prefix}_per_s_ci95_low": thr_lo,
+        f"throughput{prefix}_per_s_ci95_high": thr_hi,
+    }
+
+
+def measure(model, method, rows, collator, device, batch_size: int, n_latency: int, adapter_mb: float,
+            repeats: int = 5, precision=None) -> dict:
     """Latency and throughput unmerged, then merged where the method has a mergeable adapter.
 
     ``model_size_mb`` is the model as deployed: merged weights for mergeable adapters, the base (e.g.
     4-bit for QLoRA) plus the adapter files for the others, the model itself for full fine-tuning."""
-    out = latency_ms(model, rows, collator, device, n_latency)
-    out["throughput_per_s"] = throughput_per_s(model, rows, collator, device, batch_size)
-    out["throughput_batch_size"] = batch_size
+    out = timed(model, rows, collator, device, batch_size, n_latency, repeats, precision)
+    out.update(latency_examples=n_latency, timing_repeats=repeats, throughput_batch_size=batch_size)
     deployed = model
     if method.mergeable:
         deployed = model.merge_and_unload()
-        merged = latency_ms(deployed, rows, collator, device, n_latency)
-        out["latency_merged_ms"] = merged["latency_ms"]
-        out["latency_merged_p95_ms"] = merged["latency_p95_ms"]
-        out["throughput_merged_per_s"] = throughput_per_s(deployed, rows, collator, device, batch_size)
+        out.update(timed(deployed, rows, collator, device, batch_size, n_latency, repeats, precision, "_merged"))
     if method.mergeable or not method.saves_adapter:
         out["model_size_mb"] = deployed_size_mb(deployed)
     else:

@@ -8,11 +8,23 @@ from pathlib import Path
 
 import torch
 
+from lorabench.hub import download_repo, snapshot_path
+from lorabench.memory import release_checkpoint_mapping
+
 # Linear layers adapted by default, by architecture (config.model_type). Override per model in config.
 TARGET_MODULES: dict[str, list[str]] = {
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
     "bert": ["query", "key", "value", "dense"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+# Language-model output layers, by architecture: never quantized. Their weight is tied to the input embedding
+# (DistilBERT's vocab_projector, BERT's cls.predictions.decoder, Llama's lm_head), and bitsandbytes cannot
+# quantize a weight shared with an embedding (it asserts in fix_4bit_weight_quant_state_from_module).
+LM_OUTPUT_MODULES: dict[str, list[str]] = {
+    "distilbert": ["vocab_transform", "vocab_projector"],
+    "bert": ["cls"],
+    "llama": ["lm_head"],
 }
 
 # Files copied from a snapshot: configs, tokenizers and safetensors weights only (never pickles).
@@ -33,8 +45,6 @@ def target_modules_for(model_type: str, override: list[str] | None = None) -> li
 
 def fetch_model(repo: str, snapshots: str, out_dir: str | Path, gguf_file: str | None = None) -> None:
     """Materialize a hub repo as an ordinary safetensors folder in ``out_dir`` (written atomically)."""
-    from lorabench.config import snapshot_path
-    from lorabench.hub import download_repo
     from lorabench.utils import atomic_dir
 
     src = snapshot_path(snapshots, "models", repo) if snapshots else download_repo(repo, "model", gguf_file)
@@ -64,7 +74,6 @@ def fetch_model(repo: str, snapshots: str, out_dir: str | Path, gguf_file: str |
 
 def smallest_layer_width(snapshots: str, model: dict) -> int | None:
     """Smallest in/out width among adapted layers, from the snapshot's config.json (None if unknown)."""
-    from lorabench.config import snapshot_path
 
     if not snapshots or model.get("gguf_file"):
         return None
@@ -109,13 +118,22 @@ class ModelLoader:
         """Task-head modules that stay in full precision and train with every method."""
         return ["classifier", "score", "pre_classifier"] if self.task == "classification" else []
 
+    @property
+    def unquantized_modules(self) -> list[str]:
+        """Modules a quantized base keeps in full precision: the task head and the LM output layers."""
+        if self.task == "classification":
+            return self.head_modules
+        return LM_OUTPUT_MODULES.get(self.config.model_type, ["lm_head"])
+
     def load(self, path: str | None = None, **kwargs) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
         path = path or self.model_dir
         kwargs.setdefault("use_safetensors", True)  # never unpickle weights
         if self.task == "classification":
-            return AutoModelForSequenceClassification.from_pretrained(path, num_labels=self.num_labels, **kwargs)
-        if self.lm_kind == "causal":
-            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        return AutoModelForMaskedLM.from_pretrained(path, **kwargs)
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=self.num_labels, **kwargs)
+        elif self.lm_kind == "causal":
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        else:
+            model = AutoModelForMaskedLM.from_pretrained(path, **kwargs)
+        return release_checkpoint_mapping(model)

@@ -13,7 +13,7 @@ from lorabench.plots import FIGURES
 SUMMARY_METRICS = [
     "accuracy", "macro_f1", "perplexity", "trainable_params", "adapter_params", "head_params", "total_params",
     "train_time_s", "train_time_per_epoch_s", "train_tokens_per_s", "train_examples_per_s", "peak_train_mem_mb",
-    "peak_infer_mem_mb", "latency_ms", "latency_p95_ms", "latency_merged_ms", "throughput_per_s",
+    "peak_infer_mem_mb", "load_peak_mem_mb", "param_bytes", "grad_bytes", "optimizer_state_bytes", "latency_ms", "latency_p95_ms", "latency_merged_ms", "throughput_per_s",
     "throughput_merged_per_s", "adapter_size_mb", "model_size_mb", "flops_per_example", "train_flops",
     "device_hours", "cost_usd", "adapter_sparsity", "effective_rank",
 ]
@@ -26,7 +26,18 @@ def primary_metric(task: str) -> tuple[str, bool]:
 
 def summary_by_method(summary: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in SUMMARY_METRICS if c in summary]
-    return stats.describe(summary, ["dataset", "task", "method"], cols)
+    # The precision a method ran in is part of what it is measured as; grouping by it keeps runs of two
+    # precisions apart rather than averaging them.
+    keys = ["dataset", "task", "method"] + (["precision"] if "precision" in summary else [])
+    out = stats.describe(summary, keys, cols)
+    # Latency and throughput are timed once per (dataset, method), in rounds: their interval is over those
+    # rounds (carried in the summary), not over seeds, which all share the one measurement.
+    for c in cols:
+        low, high = f"{c}_ci95_low", f"{c}_ci95_high"
+        if low in summary and high in summary:
+            rounds = summary.groupby(keys, sort=True)[[low, high]].first().reset_index()
+            out = out.drop(columns=[low, high, f"{c}_std"], errors="ignore").merge(rounds, on=keys, how="left")
+    return out
 
 
 def _per_example(run_dir: Path, task: str) -> dict:
@@ -140,6 +151,15 @@ def scenario_winners(by_method: pd.DataFrame) -> list[str]:
     return out
 
 
+def _precision_note(summary: pd.DataFrame) -> str:
+    """', in bf16 (config: auto)' etc.: the precision the runs trained, evaluated and were timed in."""
+    if "precision" not in summary:
+        return ""
+    ran = ", ".join(sorted(summary["precision"].dropna().unique()))
+    asked = ", ".join(sorted(summary["precision_requested"].dropna().unique())) if "precision_requested" in summary else "?"
+    return f", forward passes in {ran} (config precision: {asked}; weights and optimizer state in fp32)"
+
+
 def _table(df: pd.DataFrame, cols: list[str]) -> str:
     cols = [c for c in cols if c in df]
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
@@ -160,14 +180,14 @@ def write_report(summary_csv, runs_dir, baseline: str, out_by_method, out_signif
         "# lorabench report", "",
         f"Generated from `{Path(summary_csv).name}` ({len(summary)} runs: {summary['dataset'].nunique()} datasets, "
         f"{summary['method'].nunique()} methods, seeds {', '.join(map(str, seeds))}) on "
-        f"{summary['device'].iloc[0]}. Means over seeds with 95% t-intervals; every number below is computed, "
-        "none typed by hand. How each metric is measured: docs/methodology.md.", "",
+        f"{summary['device'].iloc[0]}{_precision_note(summary)}. Means over seeds with 95% t-intervals; every "
+        "number below is computed, none typed by hand. How each metric is measured: docs/methodology.md.", "",
         "## Trade-offs against the baseline", "", *[f"- {s}" for s in tradeoff_sentences(by_method, sig, baseline)], "",
         "## Which method wins where", "", *scenario_winners(by_method), "",
     ]
     for dataset, g in by_method.groupby("dataset"):
         metric, _ = primary_metric(g["task"].iloc[0])
-        lines += [f"## {dataset}", "", _table(g, ["method", "n", f"{metric}_mean", f"{metric}_ci95_low",
+        lines += [f"## {dataset}", "", _table(g, ["method", "precision", "n", f"{metric}_mean", f"{metric}_ci95_low",
                   f"{metric}_ci95_high", "trainable_params_mean", "peak_train_mem_mb_mean", "train_time_s_mean",
                   "latency_ms_mean", "throughput_per_s_mean", "adapter_size_mb_mean", "flops_per_example_mean",
                   "adapter_sparsity_mean", "cost_usd_mean"]), ""]

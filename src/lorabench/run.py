@@ -1,29 +1,61 @@
-"""One benchmark run end to end: what the train and evaluate jobs call with their slice of the config."""
+"""What the two torch jobs call with their slice of the config.
+
+- ``train_run``, one per (method, dataset, seed): train, save, then evaluate the model while it is still in
+  memory (metrics and per-example predictions).
+- ``efficiency_run``, one per (method, dataset): what does not depend on the seed or the learning rate,
+  measured once with repeated rounds: latency, throughput, deployed size, inference memory and FLOPs.
+
+Both record where their time went (``job_phases_s``), which benchmarks/pipeline_efficiency.py reads.
+"""
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 from lorabench.config import TrainingSettings
 from lorabench.data import EVAL, TRAIN, Collator, load_tokenized
 from lorabench.evaluate import evaluate
-from lorabench.inference import measure as measure_inference
+from lorabench.memory import PhaseMemory
 from lorabench.methods import build_method, count_parameters
 from lorabench.models import ModelLoader
+from lorabench.precision import resolve_precision
 from lorabench.trainer import RunId, train
-from lorabench.utils import (atomic_dir, device_name, dir_size_mb, package_versions, peak_memory_mb, peak_rss_mb,
-                             read_json, resolve_device, seed_everything, set_threads, write_json)
+from lorabench.utils import (atomic_dir, device_name, dir_size_mb, package_versions, read_json, resolve_device,
+                             seed_everything, set_threads, write_json)
 
 
-def _setup(model_dir, dataset: dict, model_cfg: dict, method_name: str, method_params: dict, threads: int):
+class PhaseClock:
+    """Seconds per phase of this job, from the process's start (interpreter and imports = 'startup')."""
+
+    def __init__(self):
+        self.phases = {"startup": time.time() - psutil.Process().create_time()}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> float:
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self._last
+        self._last = now
+        return self.phases[phase]
+
+    def done(self) -> dict:
+        self.phases["total"] = time.time() - psutil.Process().create_time()
+        return dict(self.phases)
+
+
+def _setup(model_dir, dataset: dict, model_cfg: dict, method_name: str, method_params: dict, threads: int,
+           device: str, precision: str):
     set_threads(threads)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     loader = ModelLoader(model_dir, dataset["task"], dataset.get("num_labels", 2), model_cfg.get("target_modules"))
-    method = build_method(method_name, method_params, loader.target_modules)
-    return loader, method
+    method = build_method(method_name, method_params, loader.target_modules, prec)
+    return loader, method, dev, prec
 
 
 def _collator(loader: ModelLoader, mlm_probability: float) -> Collator:
@@ -33,26 +65,46 @@ def _collator(loader: ModelLoader, mlm_probability: float) -> Collator:
     return Collator(tok, masked_lm=loader.lm_kind == "masked", mlm_probability=mlm_probability)
 
 
-def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, dataset_name: str, dataset: dict,
-              model_cfg: dict, method_name: str, method_params: dict, training: dict, seed: int,
-              threads: int, device: str, cost_per_device_hour: dict, checkpoint_dir=None) -> dict:
-    baseline = peak_rss_mb()  # after imports: the memory column measures the run, not the libraries
-    loader, method = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads)
+def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_metrics, out_predictions,
+              dataset_name: str, dataset: dict, model_cfg: dict, method_name: str, method_params: dict,
+              training: dict, evaluation: dict, seed: int, threads: int, device: str, precision: str = "fp32",
+              cost_per_device_hour: dict, checkpoint_dir=None) -> dict:
+    """Train one (method, dataset, seed), save it, and evaluate the trained model without reloading it."""
+    clock = PhaseClock()
+    loader, method, dev, prec = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads, device,
+                                       precision)
+    memory = PhaseMemory(dev)  # imports every library first: no phase is charged for them
     settings = TrainingSettings.from_dict(training)
-    dev = resolve_device(device)
     seed_everything(seed)
     model = method.build(loader)
+    load_peak = memory.peak_mb()
     counts = count_parameters(model, loader.head_modules)
     rows = load_tokenized(tokenized_dir, TRAIN).to_list()
+    collator = _collator(loader, settings.mlm_probability)
     run = RunId(method_name, dataset_name, seed)
+    clock.lap("load")
     wall = time.perf_counter()
-    result = train(model, method, rows, _collator(loader, settings.mlm_probability), settings,
-                   method_params["lr"], seed, dev, run, baseline, checkpoint_dir)
+    result = train(model, method, rows, collator, settings, method_params["lr"], seed, dev, run, memory,
+                   checkpoint_dir, prec)
+    clock.lap("train_loop")
     with atomic_dir(out_model_dir) as tmp:
         method.save(model, tmp)
+    clock.lap("save")
+    hours = (time.perf_counter() - wall) / 3600  # device time of training (the evaluation below is not billed)
+
+    eval_rows = load_tokenized(tokenized_dir, EVAL).to_list()
+    start = time.perf_counter()
+    scores, per_example = evaluate(model, eval_rows, collator, dataset["task"], loader.lm_kind,
+                                   evaluation["batch_size"], evaluation["mask_seed"], dev, prec)
+    scores["eval_time_s"] = time.perf_counter() - start
+    scores["adapter_size_mb"] = dir_size_mb(out_model_dir)
+    clock.lap("evaluation")
+    Path(out_predictions).parent.mkdir(parents=True, exist_ok=True)
+    per_example.to_csv(out_predictions, index=False)
+    write_json(out_eval_metrics, scores)
+
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete; nothing left to resume
-    hours = (time.perf_counter() - wall) / 3600
     metrics = {
         **result, **counts, **method.report(model),
         "method": method_name, "dataset": dataset_name, "seed": seed, "model_repo": model_cfg["repo"],
@@ -60,55 +112,57 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, dataset_n
         "device": device_name(dev), "device_type": dev.type, "torch_threads": torch.get_num_threads(),
         "device_hours": hours, "cost_usd": hours * cost_per_device_hour.get(dev.type, 0.0),
         "lr_reason": method_params.get("lr_reason", ""), "versions": package_versions(),
+        "load_peak_mem_mb": load_peak, "memory_note": memory.note,
+        "job_phases_s": clock.done(),
     }
-    write_json(out_metrics, metrics)
+    write_json(out_metrics, metrics)  # last: its presence means the whole job completed
     return metrics
 
 
-def evaluate_run(*, model_dir, tokenized_dir, trained_dir, out_metrics, out_predictions, dataset: dict,
-                 model_cfg: dict, method_name: str, method_params: dict, training: dict, evaluation: dict,
-                 threads: int, device: str) -> dict:
-    baseline = peak_rss_mb()
-    loader, method = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads)
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    model = method.load_trained(loader, trained_dir)
-    rows = load_tokenized(tokenized_dir, EVAL).to_list()
-    collator = _collator(loader, training["mlm_probability"])
-    start = time.perf_counter()
-    result, per_example = evaluate(model, rows, collator, dataset["task"], loader.lm_kind,
-                                   evaluation["batch_size"], evaluation["mask_seed"], dev)
-    result["eval_time_s"] = time.perf_counter() - start
-    result["adapter_size_mb"] = dir_size_mb(trained_dir)
-    result.update(measure_inference(model, method, rows, collator, dev, evaluation["throughput_batch_size"],
-                                    evaluation["latency_examples"], result["adapter_size_mb"]))
-    result["peak_infer_mem_mb"] = peak_memory_mb(dev, baseline)
-    Path(out_predictions).parent.mkdir(parents=True, exist_ok=True)
-    per_example.to_csv(out_predictions, index=False)
-    write_json(out_metrics, result)
-    return result
+def efficiency_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_cfg: dict, method_name: str,
+                   method_params: dict, evaluation: dict, threads: int, device: str, precision: str = "fp32") -> dict:
+    """Latency, throughput, deployed size and inference memory of the method's model as deployed, and its FLOPs.
 
-
-def flops_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_cfg: dict, method_name: str,
-              method_params: dict, threads: int) -> dict:
-    """fvcore FLOPs of the method's model at the task's mean sequence lengths, checked against torch's counter."""
-    from transformers import AutoTokenizer
-
+    None of these depends on the trained values of the weights, only on the architecture, so they are
+    measured once per (method, dataset) on the model as built for seed 0, saved and loaded back the way a
+    trained run is deployed; a learning-rate change does not rerun this job."""
     from lorabench import flops
+    from lorabench.inference import measure
 
-    loader, method = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads)
+    clock = PhaseClock()
+    loader, method, dev, prec = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads, device,
+                                       precision)
+    memory = PhaseMemory(dev)
+    seed_everything(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        method.save(method.build(loader), tmp)
+        adapter_mb = dir_size_mb(tmp)
+        model = method.load_trained(loader, tmp).to(dev)
+    rows = load_tokenized(tokenized_dir, EVAL).to_list()
+    collator = _collator(loader, 0.15)
+    clock.lap("load")
+    memory.start()  # the inference phase: the deployed model and its forwards, not the build before it
+    result = measure(model, method, rows, collator, dev, evaluation["throughput_batch_size"],
+                     evaluation["latency_examples"], adapter_mb, evaluation["timing_repeats"], prec)
+    result["peak_infer_mem_mb"] = memory.peak_mb()
+    result["memory_note"] = memory.note
+    result["efficiency_precision"] = prec.name
+    del model
+    clock.lap("efficiency_timing")
+
+    # fvcore cannot trace a 4-bit model: such methods are counted as their full-precision proxy.
     counted_as = method.flops_proxy or method_name
     if method.flops_proxy:
-        method = build_method(method.flops_proxy, method_params, loader.target_modules)
+        method = build_method(method.flops_proxy, method_params, loader.target_modules, prec)
     seed_everything(0)
-    model = method.build(loader)
     meta = read_json(Path(tokenized_dir) / "meta.json")
-    vocab = len(AutoTokenizer.from_pretrained(loader.model_dir))
-    result = flops.count(model, meta["eval"]["mean_length"], meta["train"]["mean_length"], vocab)
+    result.update(flops.count(method.build(loader), meta["eval"]["mean_length"], meta["train"]["mean_length"],
+                              collator.vocab))
     result["flops_counted_as"] = counted_as
     result["flops_note"] = ("fvcore MACs x 2; scaled_dot_product_attention counted by a handle"
                             + ("; 4-bit base counted as the same architecture in full precision"
                                if counted_as != method_name else ""))
+    clock.lap("flops")
+    result["job_phases_s"] = clock.done()
     write_json(out_json, result)
     return result

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from lorabench.config import TrainingSettings
 from lorabench.data import length_grouped_batches
-from lorabench.utils import peak_memory_mb
+from lorabench.memory import PhaseMemory, stored_bytes
+from lorabench.precision import Precision
 
 
 class DivergenceError(RuntimeError):
@@ -45,6 +46,7 @@ class Progress:
     epoch_elapsed_s: float = 0.0
     loss_curve: list = field(default_factory=list)
     epoch_times: list = field(default_factory=list)
+    skipped_steps: int = 0  # fp16 steps skipped by loss scaling (gradient overflow)
 
 
 class Checkpointer:
@@ -64,13 +66,14 @@ class Checkpointer:
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
-    def save(self, model, optimizer, scheduler, method, mask_gen, progress: Progress) -> None:
+    def save(self, model, optimizer, scheduler, scaler, method, mask_gen, progress: Progress) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         payload = {
             "fingerprint": self.fingerprint,
             "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
             "method": method.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -81,7 +84,7 @@ class Checkpointer:
         torch.save(payload, tmp)
         os.replace(tmp, self.path)
 
-    def load(self, model, optimizer, scheduler, method, mask_gen) -> Progress | None:
+    def load(self, model, optimizer, scheduler, scaler, method, mask_gen) -> Progress | None:
         if not self.path.exists():
             return None
         payload = torch.load(self.path, weights_only=True)
@@ -95,6 +98,8 @@ class Checkpointer:
                 params[name].copy_(value)
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
+        if payload["scaler"]:
+            scaler.load_state_dict(payload["scaler"])
         method.load_state_dict(payload["method"])
         torch.set_rng_state(payload["torch_rng"])
         if payload["cuda_rng"]:
@@ -115,33 +120,68 @@ def plan_steps(n_examples: int, settings: TrainingSettings) -> tuple[int, int]:
     return per_epoch, total
 
 
+def forward_backward(model, method, batch: dict, precision: Precision, scaler,
+                     accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One micro-batch: forward and loss under autocast, the method's extra loss, scaled backward.
+
+    Returns (task loss, task loss + regularization), detached fp32 scalars; a non-finite total is not
+    backpropagated (the caller stops the run). ``train`` and the overhead benchmark both call this, so they
+    time exactly the same step."""
+    with precision.autocast():
+        loss = model(**batch).loss
+    extra = method.regularization(model)  # on the fp32 adapter weights, outside autocast
+    total = loss.float() if extra is None else loss.float() + extra
+    if torch.isfinite(total):
+        scaler.scale(total / accum_steps).backward()
+    return loss.detach().float(), total.detach()
+
+
+def optimizer_step(params, optimizer, scheduler, scaler, max_grad_norm: float) -> bool:
+    """Unscale (fp16), clip, step, schedule, zero the gradients. False when fp16 loss scaling skipped the
+    step because the gradients overflowed (the scaler then lowers its scale); always True otherwise."""
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return scale is None or scaler.get_scale() >= scale
+
+
 def train(model, method, rows: list[dict], collator, settings: TrainingSettings, lr: float, seed: int,
-          device: torch.device, run: RunId, baseline_rss_mb: float, checkpoint_dir=None) -> dict:
+          device: torch.device, run: RunId, memory: PhaseMemory | None = None, checkpoint_dir=None,
+          precision: Precision | None = None) -> dict:
     """Train ``model`` in place and return the training metrics of the run.
 
-    With ``checkpoint_dir`` and ``settings.checkpoint_every`` > 0, a checkpoint is written every that
+    The forward pass and the loss run under ``precision``'s autocast (fp32 when None); trainable weights
+    and optimizer state stay fp32. ``memory`` measures the loop's peak (``peak_train_mem_mb``; NaN without
+    it). With ``checkpoint_dir`` and ``settings.checkpoint_every`` > 0, a checkpoint is written every that
     many optimizer steps and a rerun resumes from it; the result equals an uninterrupted run on CPU.
     """
     from transformers import get_linear_schedule_with_warmup
 
+    precision = precision or Precision("fp32", "fp32", device.type)
     model.to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = method.make_optimizer(params, lr, settings.weight_decay)
+    scaler = precision.grad_scaler()
     per_epoch, total_steps = plan_steps(len(rows), settings)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(settings.warmup_ratio * total_steps), total_steps)
     lengths = [len(r["input_ids"]) for r in rows]
     mask_gen = torch.Generator().manual_seed(seed)  # masked-LM masks; dropout uses the global seed
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     ckpt = None
     if checkpoint_dir is not None and settings.checkpoint_every > 0:
-        fingerprint = {"run": str(run), "settings": asdict(settings), "lr": lr, "examples": len(rows)}
+        fingerprint = {"run": str(run), "settings": asdict(settings), "lr": lr, "examples": len(rows),
+                       "precision": precision.name}
         ckpt = Checkpointer(checkpoint_dir, settings.checkpoint_every, fingerprint)
-    restored = ckpt.load(model, optimizer, scheduler, method, mask_gen) if ckpt else None
+    restored = ckpt.load(model, optimizer, scheduler, scaler, method, mask_gen) if ckpt else None
     progress = restored or Progress()
 
     bar = tqdm(total=total_steps, initial=progress.step, desc=str(run), file=sys.stderr, mininterval=5)
+    if memory is not None:
+        memory.start()  # the training phase: not the load, not the imports
     segment_start = time.perf_counter()
     while progress.epoch < settings.epochs and progress.step < total_steps:
         epoch_start = time.perf_counter()
@@ -153,21 +193,16 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
             progress.tokens += int(batch["attention_mask"].sum())
             progress.examples += len(idx)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
-            extra = method.regularization(model)
-            total = loss if extra is None else loss + extra
+            loss, total = forward_backward(model, method, batch, precision, scaler, settings.grad_accum_steps)
             if not torch.isfinite(total):
                 bar.close()
                 raise DivergenceError(f"loss is {total.item()} at optimizer step {progress.step + 1} ({run}); "
                                       "lower the learning rate or check the data; no output was written")
-            (total / settings.grad_accum_steps).backward()
             running += loss.item() / settings.grad_accum_steps
             if (i + 1) % settings.grad_accum_steps and i + 1 < len(batches):
                 continue
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            if not optimizer_step(params, optimizer, scheduler, scaler, settings.max_grad_norm):
+                progress.skipped_steps += 1
             progress.step += 1
             progress.batch = i + 1
             method.on_optimizer_step(model, progress.step, total_steps)
@@ -183,7 +218,7 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
                 progress.elapsed_s += now - segment_start
                 progress.epoch_elapsed_s += now - epoch_start
                 segment_start = epoch_start = now
-                ckpt.save(model, optimizer, scheduler, method, mask_gen, progress)
+                ckpt.save(model, optimizer, scheduler, scaler, method, mask_gen, progress)
         progress.epoch_times.append(progress.epoch_elapsed_s + time.perf_counter() - epoch_start)
         progress.epoch_elapsed_s = 0.0
         progress.epoch += 1
@@ -191,7 +226,7 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     method.finalize(model)
     train_time = progress.elapsed_s + time.perf_counter() - segment_start
     bar.close()
-    peak = peak_memory_mb(device, baseline_rss_mb)
+    peak = memory.peak_mb() if memory is not None else float("nan")
     curve = progress.loss_curve
     return {
         "train_steps": progress.step,
@@ -204,9 +239,14 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
         "train_tokens_per_s": progress.tokens / train_time,
         "train_examples_per_s": progress.examples / train_time,
         "peak_train_mem_mb": peak,
+        **stored_bytes(model, optimizer),
         "final_train_loss": curve[-1]["loss"] if curve else float("nan"),
         "first_train_loss": curve[0]["loss"] if curve else float("nan"),
         "loss_curve": curve,
         "lr": lr,
         "resumed_from_step": restored.step if restored else 0,
+        "precision": precision.name,
+        "precision_requested": precision.requested,
+        "fp16_skipped_steps": progress.skipped_steps,
     }
+

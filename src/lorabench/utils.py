@@ -1,11 +1,10 @@
-"""Small shared helpers: seeding, atomic file writes, package versions, memory readings."""
+"""Small shared helpers: seeding, atomic file writes, package versions, devices, logs."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
-import resource
 import shutil
 import sys
 import tempfile
@@ -97,18 +96,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def peak_memory_mb(device: torch.device, baseline_rss_mb: float) -> float:
-    """Peak memory of the measured phase: CUDA max allocated on GPU, else peak RSS above ``baseline_rss_mb``."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return peak_rss_mb() - baseline_rss_mb
 
 
 def resolve_device(name: str) -> torch.device:

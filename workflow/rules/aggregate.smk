@@ -6,7 +6,7 @@ rule aggregate:
     input:
         train=all_runs(f"{RUN}/train_metrics.json"),
         evaluation=all_runs(f"{RUN}/eval_metrics.json"),
-        flops=expand("results/flops/{dataset}/{method}.json", dataset=DATASETS, method=METHODS),
+        efficiency=expand("results/efficiency/{dataset}/{method}.json", dataset=DATASETS, method=METHODS),
     output:
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Tables"),
     log:

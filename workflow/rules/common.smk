@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also when not pip-installed
 
-from lorabench.config import ConfigError, validate_config
+from lorabench.config import ConfigError, sorted_keys, validate_config
 from lorabench.methods import architecture_params
 
 try:
@@ -13,6 +13,10 @@ except ConfigError as err:
     # A clear one-line message and no traceback: the error names the key and what is allowed.
     print(f"lorabench: invalid configuration: {err}", file=sys.stderr)
     sys.exit(2)
+# Key order carries no meaning: reordering a config file must not rerun anything (params compare in order).
+_canonical = sorted_keys(dict(config))
+config.clear()
+config.update(_canonical)
 
 DATASETS = list(config["datasets"])
 METHODS = list(config["methods"])
@@ -36,6 +40,11 @@ def dataset_slice(dataset):
     return {**config["datasets"][dataset], "subset_seed": config["training"]["subset_seed"]}
 
 
+# Evaluation settings a training job uses (it evaluates its model in memory); the timing settings are the
+# efficiency job's only, so changing them reruns no training.
+EVAL_KEYS_OF_TRAIN = ("batch_size", "mask_seed")
+
+
 def run_params(wildcards):
     """What one run depends on, and nothing more: other methods' settings do not rerun it."""
     ds = config["datasets"][wildcards.dataset]
@@ -44,17 +53,23 @@ def run_params(wildcards):
         "model_cfg": config["models"][ds["model"]],
         "method_params": config["methods"][wildcards.method],
         "training": config["training"],
+        "evaluation": {k: config["evaluation"][k] for k in EVAL_KEYS_OF_TRAIN},
         "device": config["device"],
+        "precision": config["precision"],
     }
 
 
-def flops_params(wildcards):
-    """What a FLOPs count depends on: the data and the model's shape, not lr or the training schedule."""
+def efficiency_params(wildcards):
+    """What latency, throughput, size, inference memory and FLOPs depend on: the data, the model's shape and
+    the precision; not the seed, the learning rate or the training schedule."""
     ds = config["datasets"][wildcards.dataset]
     return {
         "dataset": ds,
         "model_cfg": config["models"][ds["model"]],
         "method_params": architecture_params(wildcards.method, config["methods"][wildcards.method]),
+        "evaluation": config["evaluation"],
+        "device": config["device"],
+        "precision": config["precision"],
     }
 
 
@@ -64,4 +79,4 @@ def all_runs(pattern):
 
 def torch_resources(kind):
     """mem_mb / runtime (minutes) for torch jobs, sized for the default CPU run; profiles may override."""
-    return {"train": dict(mem_mb=8000, runtime=60), "evaluate": dict(mem_mb=6000, runtime=30)}[kind]
+    return {"train": dict(mem_mb=8000, runtime=60), "efficiency": dict(mem_mb=6000, runtime=30)}[kind]

@@ -1,4 +1,5 @@
-# One training run per (method, dataset, seed): the adapter (or full model) and train_metrics.json.
+# One job per (method, dataset, seed): train, save the adapter (or full model), then evaluate the model while
+# it is still in memory. Per-example predictions feed the significance tests.
 rule train:
     input:
         model=lambda w: f"resources/models/{model_of(w.dataset)}",
@@ -6,6 +7,8 @@ rule train:
     output:
         model=directory(f"{RUN}/model"),
         metrics=f"{RUN}/train_metrics.json",
+        evaluation=f"{RUN}/eval_metrics.json",
+        predictions=f"{RUN}/predictions.csv",
     params:
         run=run_params,
         cost_per_device_hour=config["cost_per_device_hour"],

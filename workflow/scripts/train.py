@@ -7,8 +7,10 @@ run = snakemake.params.run
 train_run(
     model_dir=snakemake.input.model, tokenized_dir=snakemake.input.tokenized,
     out_model_dir=snakemake.output.model, out_metrics=snakemake.output.metrics,
+    out_eval_metrics=snakemake.output.evaluation, out_predictions=snakemake.output.predictions,
     dataset_name=snakemake.wildcards.dataset, dataset=run["dataset"], model_cfg=run["model_cfg"],
     method_name=snakemake.wildcards.method, method_params=run["method_params"], training=run["training"],
-    seed=int(snakemake.wildcards.seed), threads=snakemake.threads, device=run["device"],
-    cost_per_device_hour=snakemake.params.cost_per_device_hour, checkpoint_dir=snakemake.params.checkpoint_dir,
+    evaluation=run["evaluation"], seed=int(snakemake.wildcards.seed), threads=snakemake.threads,
+    device=run["device"], precision=run["precision"], cost_per_device_hour=snakemake.params.cost_per_device_hour,
+    checkpoint_dir=snakemake.params.checkpoint_dir,
 )

@@ -15,8 +15,8 @@ def method_class(name: str) -> type[Method]:
         raise ValueError(f"unknown method '{name}'; registered: {', '.join(sorted(METHODS))}") from None
 
 
-def build_method(name: str, params: dict, target_modules: list[str]) -> Method:
-    return method_class(name)(name, params, target_modules)
+def build_method(name: str, params: dict, target_modules: list[str], precision=None) -> Method:
+    return method_class(name)(name, params, target_modules, precision)
 
 
 def architecture_params(name: str, params: dict) -> dict:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from lorabench.precision import Precision
+
 METHODS: dict[str, type["Method"]] = {}
 
 
@@ -58,11 +60,20 @@ class Method:
     #: Config keys that shape training only, not the model's graph: FLOPs do not depend on them.
     training_only_params: tuple[str, ...] = ("lr", "lr_reason")
 
-    def __init__(self, name: str, params: dict, target_modules: list[str]):
+    def __init__(self, name: str, params: dict, target_modules: list[str], precision: Precision | None = None):
         self.name = name
         self.params = dict(params)
         self.target_modules = target_modules
+        self.precision = precision or Precision("fp32", "fp32", "cpu")
         self.optimizer_name = "torch.optim.AdamW"
+
+    @classmethod
+    def precision_conflict(cls, params: dict, precision: str) -> str | None:
+        """Why this method cannot run with ``params`` in ``precision`` (fp32, bf16 or fp16), or None if it can.
+
+        Checked for every configured method before any job runs. Every method here trains in all three
+        precisions; a method refuses the combinations its own settings contradict."""
+        return None
 
     # --- model ---------------------------------------------------------------------------------
     def build(self, loader) -> torch.nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lorabench.methods.adapter_stats import sparsity_report
 from lorabench.methods.base import Method, register
 
 
@@ -36,6 +37,4 @@ class LoRA(Method):
         return get_peft_model(base, self.peft_config(loader, base))
 
     def report(self, model):
-        from lorabench.methods.sparse_lora import sparsity_report
-
         return {**super().report(model), **sparsity_report(model)}

@@ -35,14 +35,30 @@ class QLoRA(LoRA):
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=self.params.get("double_quant", True),
-            bnb_4bit_compute_dtype=getattr(torch, self.params.get("compute_dtype", "float32")),
-            # A quantized classifier head breaks evaluation; heads stay in full precision and train.
-            llm_int8_skip_modules=loader.head_modules + ["lm_head"],
+            bnb_4bit_compute_dtype=self.compute_dtype(),
+            # A quantized classifier head breaks evaluation, a quantized tied LM head breaks loading: heads stay
+            # in full precision (classifier heads also train).
+            llm_int8_skip_modules=loader.unquantized_modules,
         )
         model = loader.load(quantization_config=quant)
         if disable_cpu_bf16_repack(model) == 0:
             raise RuntimeError("QLoRA: no Linear4bit layer after loading with BitsAndBytesConfig(load_in_4bit=True)")
         return model
+
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the 4-bit base dequantizes to: the run's precision unless ``compute_dtype`` overrides it."""
+        override = self.params.get("compute_dtype")
+        return getattr(torch, override) if override else self.precision.compute_dtype
+
+    @classmethod
+    def precision_conflict(cls, params: dict, precision: str) -> str | None:
+        override = params.get("compute_dtype")
+        wanted = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
+        if override and precision != "fp32" and override != wanted:
+            # Autocast would compute in one half type and the 4-bit layers dequantize to another.
+            return (f"compute_dtype {override} contradicts precision {precision} (autocast in {wanted}); "
+                    "drop compute_dtype to follow the precision, or set it to " + wanted)
+        return None
 
     def build(self, loader) -> torch.nn.Module:
         from peft import get_peft_model, prepare_model_for_kbit_training

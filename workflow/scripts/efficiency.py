@@ -1,11 +1,12 @@
 from lorabench.utils import log_to
 
 log_to(snakemake.log[0])
-from lorabench.run import flops_run  # noqa: E402
+from lorabench.run import efficiency_run  # noqa: E402
 
 run = snakemake.params.run
-flops_run(
+efficiency_run(
     model_dir=snakemake.input.model, tokenized_dir=snakemake.input.tokenized, out_json=snakemake.output[0],
     dataset=run["dataset"], model_cfg=run["model_cfg"], method_name=snakemake.wildcards.method,
-    method_params=run["method_params"], threads=snakemake.threads,
+    method_params=run["method_params"], evaluation=run["evaluation"], threads=snakemake.threads,
+    device=run["device"], precision=run["precision"],
 )

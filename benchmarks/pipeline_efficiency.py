@@ -1,0 +1,100 @@
+"""Where did a finished run's wall time go?   .venv/bin/python benchmarks/pipeline_efficiency.py RESULTS_DIR
+
+Reads a finished run (the ``results/`` folder of one ``snakemake`` invocation from a clean state) and prints
+a table: training loops, evaluation, efficiency timing (latency, throughput, size), FLOPs counting, start-up
+and load (interpreter, imports, building the model), and everything else (saving, fetching, tokenizing,
+aggregation, figures, Snakemake's own scheduling). The last line is
+
+    train_share=X jobs=N wall_s=S
+
+with train_share = summed training-loop time / the run's wall time, jobs = Snakemake jobs (one
+``benchmark:`` file each) and wall_s = from the first job's start to the last job's end (each
+``results/benchmarks/**.tsv`` is written when its job ends and holds the job's seconds).
+
+The phases come from ``job_phases_s`` in each run's train_metrics.json and each efficiency JSON. Results
+of older layouts (separate evaluate and flops jobs, no phases) are read too: their training loops and
+evaluation forwards from the metrics, whole flops jobs as FLOPs, the rest as "everything else".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+CATEGORIES = ["training loops", "evaluation", "efficiency timing", "FLOPs", "start-up and load", "everything else"]
+
+
+def job_times(results: Path) -> pd.DataFrame:
+    """One row per Snakemake job: rule, seconds, end time (the benchmark file's mtime)."""
+    rows = []
+    for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
+        table = pd.read_csv(tsv, sep="\t")
+        rule = tsv.parent.name if tsv.parent.name != "benchmarks" else tsv.stem
+        rows.append({"rule": rule, "s": float(table["s"].iloc[0]), "end": tsv.stat().st_mtime})
+    if not rows:
+        raise SystemExit(f"{results}: no benchmarks/**/*.tsv; give the results folder of a finished run")
+    return pd.DataFrame(rows)
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def phase_seconds(results: Path, jobs: pd.DataFrame) -> dict[str, float]:
+    """Summed seconds per category over every torch job (everything else is filled in by the caller)."""
+    total = dict.fromkeys(CATEGORIES[:-1], 0.0)
+    for train_json in (results / "runs").rglob("train_metrics.json"):
+        m = _json(train_json)
+        phases = m.get("job_phases_s")
+        total["training loops"] += m["train_time_s"]  # the loop itself: optimizer set-up is 'everything else'
+        if phases:
+            total["evaluation"] += phases["evaluation"]
+            total["start-up and load"] += phases["startup"] + phases["load"]
+        else:  # older layout: the evaluation forward was timed by a separate evaluate job
+            eval_json = train_json.parent / "eval_metrics.json"
+            if eval_json.exists():
+                total["evaluation"] += _json(eval_json).get("eval_time_s", 0.0)
+    for eff_json in (results / "efficiency").rglob("*.json"):
+        phases = _json(eff_json)["job_phases_s"]
+        total["efficiency timing"] += phases["efficiency_timing"]
+        total["FLOPs"] += phases["flops"]
+        total["start-up and load"] += phases["startup"] + phases["load"]
+    total["FLOPs"] += jobs.loc[jobs["rule"] == "flops", "s"].sum()  # older layout: whole flops jobs
+    return total
+
+
+def breakdown(results: Path) -> tuple[pd.DataFrame, dict]:
+    jobs = job_times(results)
+    wall = float((jobs["end"]).max() - (jobs["end"] - jobs["s"]).min())
+    seconds = phase_seconds(results, jobs)
+    seconds["everything else"] = wall - sum(seconds.values())
+    table = pd.DataFrame({"where": CATEGORIES, "seconds": [seconds[c] for c in CATEGORIES]})
+    table["share_of_wall"] = table["seconds"] / wall
+    by_rule = jobs.groupby("rule")["s"].agg(["count", "sum", "mean"]).sort_values("sum", ascending=False)
+    totals = {"train_share": seconds["training loops"] / wall, "jobs": len(jobs), "wall_s": wall,
+              "job_seconds": float(jobs["s"].sum()), "by_rule": by_rule}
+    return table, totals
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path, help="results folder of a finished run (e.g. results)")
+    args = parser.parse_args(argv)
+    table, totals = breakdown(args.results)
+    print(f"{args.results}: {totals['jobs']} jobs, wall {totals['wall_s']:.0f} s, "
+          f"summed job time {totals['job_seconds']:.0f} s")
+    print(table.to_string(index=False, formatters={"seconds": "{:.0f}".format, "share_of_wall": "{:.1%}".format}))
+    print("\njobs by rule (Snakemake benchmark seconds):")
+    print(totals["by_rule"].to_string(float_format="{:.1f}".format))
+    if (table["seconds"] < 0).any():
+        print("note: 'everything else' is negative: jobs ran in parallel, so summed phases exceed the wall time")
+    print(f"train_share={totals['train_share']:.3f} jobs={totals['jobs']} wall_s={totals['wall_s']:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

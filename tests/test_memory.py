@@ -1,0 +1,60 @@
+"""Memory by phase (Linux peak-RSS counter reset per phase), the checkpoint mapping released, exact byte counts."""
+
+import gc
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorabench.memory import PhaseMemory, stored_bytes
+from lorabench.methods import build_method
+from lorabench.models import ModelLoader
+
+from conftest import MINILM
+
+CPU = torch.device("cpu")
+PARAMS = {"lr": 1e-3, "r": 8, "alpha": 16, "dropout": 0.0, "compute_dtype": None}
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak-RSS counter")
+def test_each_phase_sees_its_own_peak_not_the_ones_before():
+    memory = PhaseMemory(CPU)
+    assert memory.note == "" and memory.baseline_mb > 100  # taken after torch, transformers, peft, datasets
+    memory.start()
+    big = torch.ones(50 * 2**20)  # 200 MB, written: resident
+    assert 190 < memory.peak_mb() < 400
+    del big
+    gc.collect()
+    memory.start()  # a new phase: the 200 MB of the last one no longer count
+    small = torch.ones(5 * 2**20)  # 20 MB
+    assert memory.peak_mb() < 100
+    del small
+
+
+def test_loaded_model_does_not_keep_the_checkpoint_file_mapped():
+    model = ModelLoader(MINILM, "classification", 2).load()
+    gc.collect()
+    maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+    assert "model.safetensors" not in maps, "parameters are still views into the memory-mapped checkpoint"
+    assert sum(p.numel() for p in model.parameters()) > 20_000_000  # the weights are there, in owned memory
+
+
+def test_stored_bytes_are_exact_and_a_4bit_base_stores_far_less():
+    loader = ModelLoader(MINILM, "classification", 2)
+    counts = {}
+    for name in ("lora", "qlora"):
+        method = build_method(name, PARAMS, loader.target_modules)
+        model = method.build(loader)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+        sum(p.sum() for p in trainable).backward()
+        optimizer.step()
+        counts[name] = stored_bytes(model, optimizer)
+        assert counts[name]["grad_bytes"] == 4 * sum(p.numel() for p in trainable)  # fp32 gradients
+        # AdamW keeps two fp32 moments per trainable weight (and a step counter per tensor)
+        moments = 2 * counts[name]["grad_bytes"]
+        assert moments <= counts[name]["optimizer_state_bytes"] <= moments + 8 * len(trainable)
+    total = sum(p.numel() for p in build_method("lora", PARAMS, loader.target_modules).build(loader).parameters())
+    assert counts["lora"]["param_bytes"] == 4 * total
+    # MiniLM's 4-bit linears (10.8M weights) store 0.5 byte per weight plus constants; its embeddings stay fp32
+    assert counts["qlora"]["param_bytes"] < 0.65 * counts["lora"]["param_bytes"]
