@@ -18,7 +18,6 @@ def fetch_dataset(repo: str, config_name: str | None, splits: list[str], snapsho
     """Write the named splits of a hub dataset as ``<out_dir>/<split>.parquet`` (atomically)."""
     import datasets
 
-
     src = snapshot_path(snapshots, "datasets", repo) if snapshots else download_repo(repo, "dataset")
     loaded = datasets.load_dataset(str(src), config_name)
     missing = [s for s in splits if s not in loaded]

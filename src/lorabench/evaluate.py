@@ -6,20 +6,18 @@ significance tests pair methods on the same examples.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from lorabench import metrics
-from lorabench.precision import Precision
+from lorabench.precision import FP32, Precision
 
 
 @torch.no_grad()
 def evaluate(model, rows: list[dict], collator, task: str, lm_kind: str | None, batch_size: int,
-             mask_seed: int, device: torch.device, precision: Precision | None = None) -> tuple[dict, pd.DataFrame]:
-    """Metrics of ``model`` on ``rows`` under ``precision``'s autocast (fp32 when None), and per-example outputs."""
+             mask_seed: int, device: torch.device, precision: Precision = FP32) -> tuple[dict, pd.DataFrame]:
+    """Metrics of ``model`` on ``rows`` under ``precision``'s autocast (none in fp32), and per-example outputs."""
     model.to(device)
     model.eval()
     mask_gen = torch.Generator().manual_seed(mask_seed)  # the same masks for every method
@@ -30,7 +28,7 @@ def evaluate(model, rows: list[dict], collator, task: str, lm_kind: str | None, 
         chunk = rows[start : start + batch_size]
         batch = collator(chunk, generator=mask_gen)
         labels = batch.pop("labels")
-        with (precision.autocast() if precision else nullcontext()):
+        with precision.autocast():
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         logits = logits.float().cpu()
         ids = [r["example_id"] for r in chunk]

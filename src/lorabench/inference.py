@@ -7,21 +7,17 @@ from __future__ import annotations
 
 import tempfile
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 
+from lorabench.precision import FP32, Precision
 from lorabench.stats import t_interval
 from lorabench.utils import dir_size_mb
 
 
-def _autocast(precision):
-    return precision.autocast() if precision is not None else nullcontext()
-
-
 @torch.no_grad()
-def latency_times_ms(model, rows, collator, device, n: int = 50, precision=None) -> list[float]:
+def latency_times_ms(model, rows, collator, device, n: int = 50, precision: Precision = FP32) -> list[float]:
     """Forward latency (ms) of the first ``n`` examples at batch size 1, one by one."""
     model.eval()
     times = []
@@ -29,7 +25,7 @@ def latency_times_ms(model, rows, collator, device, n: int = 50, precision=None)
         batch = model_inputs(collator, [rows[i % len(rows)]], device)
         _sync(device)
         start = time.perf_counter()
-        with _autocast(precision):
+        with precision.autocast():
             model(**batch)
         _sync(device)
         times.append((time.perf_counter() - start) * 1000)
@@ -37,12 +33,13 @@ def latency_times_ms(model, rows, collator, device, n: int = 50, precision=None)
 
 
 @torch.no_grad()
-def throughput_per_s(model, rows, collator, device, batch_size: int, max_examples: int = 64, precision=None) -> float:
+def throughput_per_s(model, rows, collator, device, batch_size: int, max_examples: int = 64,
+                     precision: Precision = FP32) -> float:
     """Examples per second through the forward pass at ``batch_size`` (after one warm-up batch)."""
     model.eval()
     rows = rows[:max_examples]
     batches = [model_inputs(collator, rows[i : i + batch_size], device) for i in range(0, len(rows), batch_size)]
-    with _autocast(precision):
+    with precision.autocast():
         model(**batches[0])
         _sync(device)
         start = time.perf_counter()
@@ -71,7 +68,7 @@ def deployed_size_mb(model) -> float:
         return dir_size_mb(tmp)
 
 
-def timed(model, rows, collator, device, batch_size: int, n_latency: int, repeats: int, precision=None,
+def timed(model, rows, collator, device, batch_size: int, n_latency: int, repeats: int, precision: Precision = FP32,
           prefix: str = "") -> dict:
     """Latency and throughput in ``repeats`` rounds over the same examples: the median and p95 over every
     timed forward, with a 95% t-interval over the rounds' medians (latency) and over the rounds (throughput).
@@ -88,7 +85,8 @@ def timed(model, rows, collator, device, batch_size: int, n_latency: int, repeat
     _, _, lat_lo, lat_hi = t_interval(medians)
     thr, _, thr_lo, thr_hi = t_interval(rates)
     return {
-        f"latency{prefix}_ms": float(np.median(all_times)), f"latency{prefix}_p95_ms": float(np.percentile(all_times, 95)),
+        f"latency{prefix}_ms": float(np.median(all_times)),
+        f"latency{prefix}_p95_ms": float(np.percentile(all_times, 95)),
         f"latency{prefix}_ms_ci95_low": lat_lo, f"latency{prefix}_ms_ci95_high": lat_hi,
         f"throughput{prefix}_per_s": thr, f"throughput{prefix}_per_s_ci95_low": thr_lo,
         f"throughput{prefix}_per_s_ci95_high": thr_hi,
@@ -96,7 +94,7 @@ def timed(model, rows, collator, device, batch_size: int, n_latency: int, repeat
 
 
 def measure(model, method, rows, collator, device, batch_size: int, n_latency: int, adapter_mb: float,
-            repeats: int = 5, precision=None) -> dict:
+            repeats: int = 5, precision: Precision = FP32) -> dict:
     """Latency and throughput unmerged, then merged where the method has a mergeable adapter.
 
     ``model_size_mb`` is the model as deployed: merged weights for mergeable adapters, the base (e.g.

@@ -74,7 +74,6 @@ def fetch_model(repo: str, snapshots: str, out_dir: str | Path, gguf_file: str |
 
 def smallest_layer_width(snapshots: str, model: dict) -> int | None:
     """Smallest in/out width among adapted layers, from the snapshot's config.json (None if unknown)."""
-
     if not snapshots or model.get("gguf_file"):
         return None
     cfg_file = snapshot_path(snapshots, "models", model["repo"]) / "config.json"

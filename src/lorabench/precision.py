@@ -58,6 +58,11 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
 
+#: Plain fp32: no autocast, no loss scaling (on any device, since neither is enabled). The default where a
+#: caller passes no precision.
+FP32 = Precision(name="fp32", requested="fp32", device_type="cpu")
+
+
 def resolve_precision(requested: str, device: torch.device) -> Precision:
     if requested not in PRECISIONS:
         raise ValueError(f"precision '{requested}' is not one of {', '.join(PRECISIONS)}")

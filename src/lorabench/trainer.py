@@ -16,7 +16,7 @@ from tqdm import tqdm
 from lorabench.config import TrainingSettings
 from lorabench.data import length_grouped_batches
 from lorabench.memory import PhaseMemory, stored_bytes
-from lorabench.precision import Precision
+from lorabench.precision import FP32, Precision
 
 
 class DivergenceError(RuntimeError):
@@ -151,17 +151,16 @@ def optimizer_step(params, optimizer, scheduler, scaler, max_grad_norm: float) -
 
 def train(model, method, rows: list[dict], collator, settings: TrainingSettings, lr: float, seed: int,
           device: torch.device, run: RunId, memory: PhaseMemory | None = None, checkpoint_dir=None,
-          precision: Precision | None = None) -> dict:
+          precision: Precision = FP32) -> dict:
     """Train ``model`` in place and return the training metrics of the run.
 
-    The forward pass and the loss run under ``precision``'s autocast (fp32 when None); trainable weights
+    The forward pass and the loss run under ``precision``'s autocast (none in fp32); trainable weights
     and optimizer state stay fp32. ``memory`` measures the loop's peak (``peak_train_mem_mb``; NaN without
     it). With ``checkpoint_dir`` and ``settings.checkpoint_every`` > 0, a checkpoint is written every that
     many optimizer steps and a rerun resumes from it; the result equals an uninterrupted run on CPU.
     """
     from transformers import get_linear_schedule_with_warmup
 
-    precision = precision or Precision("fp32", "fp32", device.type)
     model.to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

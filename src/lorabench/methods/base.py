@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from lorabench.precision import Precision
+from lorabench.precision import FP32, Precision
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -60,11 +60,11 @@ class Method:
     #: Config keys that shape training only, not the model's graph: FLOPs do not depend on them.
     training_only_params: tuple[str, ...] = ("lr", "lr_reason")
 
-    def __init__(self, name: str, params: dict, target_modules: list[str], precision: Precision | None = None):
+    def __init__(self, name: str, params: dict, target_modules: list[str], precision: Precision = FP32):
         self.name = name
         self.params = dict(params)
         self.target_modules = target_modules
-        self.precision = precision or Precision("fp32", "fp32", "cpu")
+        self.precision = precision
         self.optimizer_name = "torch.optim.AdamW"
 
     @classmethod
