@@ -88,6 +88,11 @@ def test_nothing_reruns_and_one_hyperparameter_reruns_only_its_method(smoke_run,
     efficiency = [w for r, w in reshaped if r == "efficiency"]
     assert len(efficiency) == len(cfg["datasets"]) and all("method=hira" in w for w in efficiency)
 
+    cfg = smoke_config()
+    cfg["evaluation"]["batch_size"] *= 2  # read by the training jobs' evaluation, not by the timing
+    rebatched = _planned_jobs(snakemake(smoke_run, write_config(tmp_path / "batch.yaml", cfg), "--dry-run", timeout=120))
+    assert any(r == "train" for r, _ in rebatched) and not any(r == "efficiency" for r, _ in rebatched)
+
 
 def test_precision_is_part_of_every_run(smoke_run, tmp_path):
     cfg = smoke_config()

@@ -40,9 +40,10 @@ def dataset_slice(dataset):
     return {**config["datasets"][dataset], "subset_seed": config["training"]["subset_seed"]}
 
 
-# Evaluation settings a training job uses (it evaluates its model in memory); the timing settings are the
-# efficiency job's only, so changing them reruns no training.
+# Evaluation settings a training job uses (it evaluates its model in memory), and those the efficiency job
+# uses (timing): changing one kind reruns only the jobs that read it.
 EVAL_KEYS_OF_TRAIN = ("batch_size", "mask_seed")
+EVAL_KEYS_OF_EFFICIENCY = ("latency_examples", "timing_repeats", "throughput_batch_size")
 
 
 def run_params(wildcards):
@@ -67,7 +68,7 @@ def efficiency_params(wildcards):
         "dataset": ds,
         "model_cfg": config["models"][ds["model"]],
         "method_params": architecture_params(wildcards.method, config["methods"][wildcards.method]),
-        "evaluation": config["evaluation"],
+        "evaluation": {k: config["evaluation"][k] for k in EVAL_KEYS_OF_EFFICIENCY},
         "device": config["device"],
         "precision": config["precision"],
     }
