@@ -90,3 +90,30 @@ def tokenized(tmp_path_factory):
         pd.read_parquet(src).to_parquet(raw / f"{split}.parquet")
     tokenize_dataset(SST2_DATASET, MINILM, raw, 0, root / "tok")
     return root / "tok"
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(tmp_path_factory):
+    """A random-initialized DistilBERT with the masked-LM head, MiniLM's tokenizer (the same uncased
+    30,522-token vocabulary as distilbert-base-uncased): code paths, not accuracy."""
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("distilbert")
+    config = DistilBertConfig(vocab_size=30522, dim=64, n_layers=2, n_heads=2, hidden_dim=128,
+                              architectures=["DistilBertForMaskedLM"])
+    DistilBertForMaskedLM(config).save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(MINILM / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A random-initialized Llama (SwiGLU FFN, grouped-query attention) with a 1,000-token vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("llama")
+    config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=160, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, architectures=["LlamaForCausalLM"])
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder

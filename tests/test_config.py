@@ -51,6 +51,16 @@ BAD_CONFIGS = [
     ("snapshot folder missing", "snapshots", "/nonexistent/hf", ["snapshots", "/nonexistent/hf"]),
     ("repo missing from snapshots", "models.minilm.repo", "org/not-there", ["models.minilm.repo", "org/not-there"]),
     ("unknown task", "datasets.imdb.task", "regression", ["datasets.imdb.task"]),
+    ("SparseLoRA sparsity of 1", "methods.sparselora.ffn_sparsity", 1.0, ["methods.sparselora.ffn_sparsity"]),
+    ("SparseLoRA negative sparsity in a list", "methods.sparselora.ffn_sparsity", [0.5] * 5 + [-0.1],
+     ["methods.sparselora.ffn_sparsity"]),
+    ("SparseLoRA dense layer outside the model", "methods.sparselora.dense_layers", [0, 6],
+     ["methods.sparselora.dense_layers", "index 6", "6 layers", "minilm"]),
+    ("SparseLoRA per-layer list of the wrong length", "methods.sparselora.ffn_sparsity", [0.5, 0.5],
+     ["methods.sparselora.ffn_sparsity", "2 values", "6 layers"]),
+    ("SparseLoRA predictor rank above the layer width", "methods.sparselora.predictor_rank", 500,
+     ["methods.sparselora.predictor_rank", "384"]),
+    ("SparseLoRA unknown predictor", "methods.sparselora.predictor", "pca", ["methods.sparselora.predictor"]),
 ]
 
 
@@ -86,3 +96,25 @@ def test_snakemake_refuses_bad_config_before_any_job(tmp_path, key, value, words
     assert "invalid configuration" in out and words in out
     assert "Traceback" not in out
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_sparselora_on_an_architecture_without_a_channel_map_is_refused(tmp_path):
+    """A snapshot whose model has no FFN channel map (here GPT-2) is refused before any job, naming the key."""
+    import json
+    import os
+
+    snapshots = tmp_path / "hf"
+    for kind in ("models", "datasets"):
+        for org in (SNAPSHOTS / kind).iterdir():
+            (snapshots / kind).mkdir(parents=True, exist_ok=True)
+            os.symlink(org, snapshots / kind / org.name)
+    gpt2 = snapshots / "models" / "openai-community" / "gpt2"
+    gpt2.mkdir(parents=True)
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 64}))
+    cfg = copy.deepcopy(smoke_config())
+    cfg["snapshots"] = str(snapshots)
+    cfg["models"]["gpt2"] = {"repo": "openai-community/gpt2", "target_modules": ["c_attn"]}
+    cfg["datasets"]["sst2"]["model"] = "gpt2"
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert "methods.sparselora" in str(err.value) and "gpt2" in str(err.value) and "llama" in str(err.value)

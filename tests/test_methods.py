@@ -30,6 +30,7 @@ PARAMS = {
     "sparse_lora_structured": {"lr": 2e-3, "r": 4, "alpha": 8, "dropout": 0.0, "sparsity": 0.5,
                                "prune_start_frac": 0.0, "prune_end_frac": 0.5},
     "qlora": {"lr": 2e-3, "r": 4, "alpha": 8, "dropout": 0.0},
+    "sparselora": {"lr": 2e-3, "r": 4, "alpha": 8, "dropout": 0.0, "ffn_sparsity": 0.75, "warmup_frac": 0.25},
     "hira": {"lr": 2e-2, "r": 4, "dropout": 0.0},
     "full_ft": {"lr": 5e-5},
 }

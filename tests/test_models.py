@@ -30,23 +30,6 @@ def test_language_model_kind_follows_the_architecture():
     assert language_model_kind(llama) == "causal"
 
 
-@pytest.fixture(scope="module")
-def tiny_distilbert(tmp_path_factory):
-    """A random-initialized DistilBERT with the masked-LM head, MiniLM's tokenizer (the same uncased
-    30,522-token vocabulary as distilbert-base-uncased): code paths, not accuracy."""
-    import shutil
-
-    from transformers import DistilBertConfig, DistilBertForMaskedLM
-
-    folder = tmp_path_factory.mktemp("distilbert")
-    config = DistilBertConfig(vocab_size=30522, dim=64, n_layers=2, n_heads=2, hidden_dim=128,
-                              architectures=["DistilBertForMaskedLM"])
-    DistilBertForMaskedLM(config).save_pretrained(folder, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(MINILM / name, folder / name)
-    return folder
-
-
 @pytest.mark.parametrize("task", ["language_modeling", "classification"])
 def test_qlora_on_distilbert_keeps_tied_and_task_heads_in_full_precision(tiny_distilbert, task):
     import bitsandbytes as bnb

@@ -130,6 +130,21 @@ def test_efficiency_columns_are_present_and_sane(smoke_run):
     assert qlora["optimizer"].str.contains("PagedAdamW").all()
 
 
+def test_training_flops_are_counted_from_what_each_run_computed(smoke_run):
+    df = pd.read_csv(smoke_run / "results" / "summary.csv").set_index(["dataset", "method"])
+    flops = df["train_flops"]
+    # the 4-bit matmuls are counted as the matmuls they are: QLoRA computes what LoRA does
+    assert ((flops.xs("qlora", level="method") / flops.xs("lora", level="method")).between(0.99, 1.01)).all()
+    # SparseLoRA's sparse steps skip half of the FFN channels in the middle layers (sst2, imdb: 2 dense warm-up
+    # steps of 3, wikitext2: its one step is the warm-up)
+    ratio = flops.xs("sparselora", level="method") / flops.xs("lora", level="method")
+    assert (ratio[["sst2", "imdb"]] < 0.98).all() and ratio["wikitext2"] == pytest.approx(1.0)
+    sparse = df.xs("sparselora", level="method")
+    assert sparse["ffn_sparse_layers"].to_dict() == {"imdb": 4, "sst2": 4, "wikitext2": 28}  # first, last dense
+    assert (smoke_run / "resources/predictors/sst2/minilm/calibrated_rank8.safetensors").is_file()
+    assert "## Contextual sparsity (SparseLoRA) against LoRA" in (smoke_run / "results/report.md").read_text()
+
+
 def test_statistics_report_and_figures(smoke_run):
     from lorabench.plots import FIGURES
 

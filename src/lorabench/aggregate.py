@@ -11,7 +11,7 @@ from lorabench.utils import read_json
 ID_COLUMNS = ["dataset", "model_repo", "method", "seed", "task", "train_split", "eval_split"]
 # Lists and nested records stay in the per-run JSON files; the summary keeps scalars. job_phases_s is where
 # each job's time went (benchmarks/pipeline_efficiency.py), not a property of the method.
-DROP = {"loss_curve", "epoch_times_s", "versions", "job_phases_s"}
+DROP = {"loss_curve", "epoch_times_s", "versions", "job_phases_s", "train_flops_per_token", "train_tokens_by_phase"}
 
 
 def run_row(train_metrics: dict, eval_metrics: dict) -> dict:
@@ -44,8 +44,9 @@ def summarize(train_files, eval_files, efficiency_files=()) -> pd.DataFrame:
     if len(efficiency_files):
         df = df.merge(efficiency_table(efficiency_files), on=["dataset", "method"], how="left",
                       validate="many_to_one")
-        # Whole-run training FLOPs: per-example forward+backward FLOPs times the examples the run saw.
-        df["train_flops"] = df["train_flops_per_example"] * df["train_examples_seen"]
+        # fvcore's estimate of the whole run's training FLOPs (per-example forward+backward times examples seen),
+        # next to train_flops, which the training job counted from what it computed (torch's FLOP counter).
+        df["train_flops_estimate"] = df["train_flops_per_example"] * df["train_examples_seen"]
     first = [c for c in ID_COLUMNS if c in df.columns]
     df = df[first + sorted(c for c in df.columns if c not in first)]
     return df.sort_values(["dataset", "method", "seed"]).reset_index(drop=True)

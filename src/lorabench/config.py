@@ -104,6 +104,7 @@ def _semantic_checks(config: dict) -> None:
     _check_precision(config)
     _check_sources(config)
     _check_ranks(config)
+    _check_contextual_sparsity(config)
 
 
 def _check_precision(config: dict) -> None:
@@ -147,12 +148,12 @@ def _check_sources(config: dict) -> None:
 
 
 def _check_ranks(config: dict) -> None:
-    """A rank larger than the smallest adapted layer is refused (read from the snapshot's config.json)."""
-    from lorabench.models import smallest_layer_width
+    """A rank larger than the smallest adapted layer is refused (read from the snapshot's config or GGUF)."""
+    from lorabench.models import model_shape
 
     for ds_name, ds in config["datasets"].items():
-        model = config["models"][ds["model"]]
-        width = smallest_layer_width(config["snapshots"], model)
+        shape = model_shape(config["snapshots"], config["models"][ds["model"]])
+        width = shape.smallest_width if shape else None
         if width is None:
             continue
         for name, params in config["methods"].items():
@@ -161,6 +162,39 @@ def _check_ranks(config: dict) -> None:
                     f"config key 'methods.{name}.r': rank {params['r']} exceeds the smallest adapted layer width "
                     f"{width} of model '{ds['model']}' (dataset {ds_name}); allowed: 1..{width}"
                 )
+
+
+def _check_contextual_sparsity(config: dict) -> None:
+    """SparseLoRA needs a channel map for the architecture, dense layers inside the model, and a predictor rank
+    within the narrower side of the FFN's up-projection."""
+    from lorabench.ffn_sparsity import FFN_MAPS
+    from lorabench.methods import method_class
+    from lorabench.methods.sparselora import LayerSettingError, layer_sparsities
+    from lorabench.models import model_shape
+
+    for name, params in config["methods"].items():
+        if not getattr(method_class(name), "uses_predictor", False):
+            continue
+        for ds_name, ds in config["datasets"].items():
+            shape = model_shape(config["snapshots"], config["models"][ds["model"]])
+            if shape is None:
+                continue
+            where = f"model '{ds['model']}' of dataset {ds_name}"
+            if shape.model_type not in FFN_MAPS:
+                raise ConfigError(
+                    f"config key 'methods.{name}': architecture '{shape.model_type}' ({where}) has no FFN channel "
+                    f"map; sparselora supports {', '.join(sorted(FFN_MAPS))} (add one in lorabench.ffn_sparsity)")
+            if shape.num_layers is None or shape.hidden is None or shape.intermediate is None:
+                continue
+            try:
+                layer_sparsities(params, shape.num_layers)
+            except LayerSettingError as err:
+                raise ConfigError(f"config key 'methods.{name}.{err.key}': {err.message} ({where})") from None
+            width = min(shape.hidden, shape.intermediate)
+            if params["predictor_rank"] > width:
+                raise ConfigError(
+                    f"config key 'methods.{name}.predictor_rank': {params['predictor_rank']} exceeds the FFN "
+                    f"up-projection's smaller side {width} ({where}); allowed: 1..{width}")
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:

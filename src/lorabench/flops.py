@@ -105,3 +105,59 @@ def count(model, eval_length: float, train_length: float, vocab: int) -> dict:
         "train_step_flops_torch_counter": measured,
         "train_flops_vs_torch_counter_ratio": step_flops / measured if measured else float("nan"),
     }
+
+
+_EXTRA_FORMULAS_REGISTERED = False
+
+
+def _register_extra_formulas() -> None:
+    """Teach torch.utils.flop_counter the ops our steps run that it does not know: the CPU flash-attention
+    kernels (forward and backward, with torch's own formulas for the CUDA ones) and bitsandbytes' 4-bit matmul."""
+    global _EXTRA_FORMULAS_REGISTERED
+    if _EXTRA_FORMULAS_REGISTERED:
+        return
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+
+    @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu, get_raw=False)
+    def _forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward, get_raw=False)
+    def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+    # bitsandbytes' fused 4-bit matmul (QLoRA's forward on CPU) is a custom op the counter does not know: it
+    # multiplies A (..., in) by the dequantized weight of shape shapeB = (out, in). Its backward dequantizes
+    # and runs aten.mm, which the counter counts already.
+    try:
+        import bitsandbytes  # noqa: F401  (registers torch.ops.bitsandbytes)
+
+        @fc.register_flop_formula(torch.ops.bitsandbytes.gemm_4bit, get_raw=True)
+        def _gemm_4bit(a, b, shape_b, *args, out_val=None, **kwargs) -> int:
+            return 2 * math.prod(a.shape[:-1]) * math.prod(shape_b)
+    except (ImportError, AttributeError):
+        pass
+    _EXTRA_FORMULAS_REGISTERED = True
+
+
+def step_flops_per_token(model, method, batch: dict, precision) -> dict[str, float]:
+    """FLOPs of one training forward+backward per (padded) token, counted by torch.utils.flop_counter on
+    ``batch``, for each kind of step the method takes (``method.compute_phases()``). The RNG state and the
+    gradients are restored, so counting changes nothing in the run. Optimizer updates are not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _register_extra_formulas()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    tokens = batch["input_ids"].numel()
+    out = {}
+    with torch.random.fork_rng(devices=devices):
+        for phase in method.compute_phases():
+            with method.computing(phase), FlopCounterMode(display=False) as counter:
+                with precision.autocast():
+                    loss = model(**batch).loss
+                loss.float().backward()
+            model.zero_grad(set_to_none=True)
+            out[phase] = counter.get_total_flops() / tokens
+    return out

@@ -49,12 +49,12 @@ class PhaseClock:
 
 
 def _setup(model_dir, dataset: dict, model_cfg: dict, method_name: str, method_params: dict, threads: int,
-           device: str, precision: str):
+           device: str, precision: str, method_inputs: dict | None = None):
     set_threads(threads)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     loader = ModelLoader(model_dir, dataset["task"], dataset.get("num_labels", 2), model_cfg.get("target_modules"))
-    method = build_method(method_name, method_params, loader.target_modules, prec)
+    method = build_method(method_name, method_params, loader.target_modules, prec, method_inputs)
     return loader, method, dev, prec
 
 
@@ -68,11 +68,12 @@ def _collator(loader: ModelLoader, mlm_probability: float) -> Collator:
 def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_metrics, out_predictions,
               dataset_name: str, dataset: dict, model_cfg: dict, method_name: str, method_params: dict,
               training: dict, evaluation: dict, seed: int, threads: int, device: str, precision: str = "fp32",
-              cost_per_device_hour: dict, checkpoint_dir=None) -> dict:
-    """Train one (method, dataset, seed), save it, and evaluate the trained model without reloading it."""
+              cost_per_device_hour: dict, checkpoint_dir=None, method_inputs: dict | None = None) -> dict:
+    """Train one (method, dataset, seed), save it, and evaluate the trained model without reloading it.
+    ``method_inputs`` are files the method reads by role (SparseLoRA: {"predictor": path})."""
     clock = PhaseClock()
     loader, method, dev, prec = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads, device,
-                                       precision)
+                                       precision, method_inputs)
     memory = PhaseMemory(dev)  # imports every library first: no phase is charged for them
     settings = TrainingSettings.from_dict(training)
     seed_everything(seed)

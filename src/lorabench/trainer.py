@@ -15,6 +15,8 @@ from tqdm import tqdm
 
 from lorabench.config import TrainingSettings
 from lorabench.data import length_grouped_batches
+from lorabench.ffn_sparsity import calibration_batches
+from lorabench.flops import step_flops_per_token
 from lorabench.memory import PhaseMemory, stored_bytes
 from lorabench.precision import FP32, Precision
 
@@ -47,6 +49,7 @@ class Progress:
     loss_curve: list = field(default_factory=list)
     epoch_times: list = field(default_factory=list)
     skipped_steps: int = 0  # fp16 steps skipped by loss scaling (gradient overflow)
+    phase_tokens: dict = field(default_factory=dict)  # padded tokens computed per kind of step (train_flops)
 
 
 class Checkpointer:
@@ -173,10 +176,14 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     ckpt = None
     if checkpoint_dir is not None and settings.checkpoint_every > 0:
         fingerprint = {"run": str(run), "settings": asdict(settings), "lr": lr, "examples": len(rows),
-                       "precision": precision.name}
+                       "precision": precision.name, "method_params": method.params}
         ckpt = Checkpointer(checkpoint_dir, settings.checkpoint_every, fingerprint)
     restored = ckpt.load(model, optimizer, scheduler, scaler, method, mask_gen) if ckpt else None
     progress = restored or Progress()
+    method.on_train_start(model, progress.step, total_steps, lambda: calibration_batches(rows, collator))
+    first = collator([rows[j] for j in range(min(settings.batch_size, len(rows)))],
+                     generator=torch.Generator().manual_seed(seed))
+    flops_per_token = step_flops_per_token(model, method, {k: v.to(device) for k, v in first.items()}, precision)
 
     bar = tqdm(total=total_steps, initial=progress.step, desc=str(run), file=sys.stderr, mininterval=5)
     if memory is not None:
@@ -191,6 +198,8 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
             batch = collator([rows[j] for j in idx], generator=mask_gen)
             progress.tokens += int(batch["attention_mask"].sum())
             progress.examples += len(idx)
+            phase = method.compute_phase()
+            progress.phase_tokens[phase] = progress.phase_tokens.get(phase, 0) + batch["input_ids"].numel()
             batch = {k: v.to(device) for k, v in batch.items()}
             loss, total = forward_backward(model, method, batch, precision, scaler, settings.grad_accum_steps)
             if not torch.isfinite(total):
@@ -244,6 +253,10 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
         "loss_curve": curve,
         "lr": lr,
         "resumed_from_step": restored.step if restored else 0,
+        # Counted, not estimated: each kind of step counted once by torch's FLOP counter, per padded token.
+        "train_flops": sum(flops_per_token[p] * n for p, n in progress.phase_tokens.items()),
+        "train_flops_per_token": flops_per_token,
+        "train_tokens_by_phase": dict(progress.phase_tokens),
         "precision": precision.name,
         "precision_requested": precision.requested,
         "fp16_skipped_steps": progress.skipped_steps,

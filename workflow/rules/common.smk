@@ -5,7 +5,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also when not pip-installed
 
 from lorabench.config import ConfigError, sorted_keys, validate_config
-from lorabench.methods import architecture_params
+from lorabench.methods import architecture_params, method_class
 
 try:
     validate_config(config)
@@ -29,6 +29,8 @@ wildcard_constraints:
     method="|".join(METHODS),
     model="|".join(config["models"]),
     seed=r"\d+",
+    rank=r"\d+",
+    kind="calibrated|svd",
 
 
 def model_of(dataset):
@@ -44,6 +46,15 @@ def dataset_slice(dataset):
 # uses (timing): changing one kind reruns only the jobs that read it.
 EVAL_KEYS_OF_TRAIN = ("batch_size", "mask_seed")
 EVAL_KEYS_OF_EFFICIENCY = ("latency_examples", "timing_repeats", "throughput_batch_size")
+
+
+def method_inputs(wildcards):
+    """Files a method reads besides the model and the data, by role (SparseLoRA: its channel predictor)."""
+    params = config["methods"][wildcards.method]
+    if getattr(method_class(wildcards.method), "uses_predictor", False):
+        folder = f"resources/predictors/{wildcards.dataset}/{model_of(wildcards.dataset)}"
+        return {"predictor": f"{folder}/{params['predictor']}_rank{params['predictor_rank']}.safetensors"}
+    return {}
 
 
 def run_params(wildcards):

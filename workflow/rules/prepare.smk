@@ -14,3 +14,21 @@ rule tokenize:
     threads: 1
     script:
         "../scripts/tokenize.py"
+
+
+# SparseLoRA's channel predictors: a truncated SVD of every FFN up-projection, fitted to the FFN inputs of the
+# first training examples ("calibrated") or to the weights alone ("svd"), once per (dataset, model, kind, rank).
+# A rank change reruns this, not the model fetch; every seed reads the same file.
+rule predictor:
+    input:
+        model="resources/models/{model}",
+        tokenized="resources/tokenized/{dataset}/{model}",
+    output:
+        "resources/predictors/{dataset}/{model}/{kind}_rank{rank}.safetensors",
+    log:
+        "results/logs/predictor/{dataset}_{model}_{kind}_rank{rank}.log",
+    benchmark:
+        "results/benchmarks/predictor/{dataset}_{model}_{kind}_rank{rank}.tsv"
+    threads: THREADS
+    script:
+        "../scripts/predictor.py"

@@ -2,6 +2,7 @@
 # it is still in memory. Per-example predictions feed the significance tests.
 rule train:
     input:
+        unpack(method_inputs),
         model=lambda w: f"resources/models/{model_of(w.dataset)}",
         tokenized=lambda w: f"resources/tokenized/{w.dataset}/{model_of(w.dataset)}",
     output:

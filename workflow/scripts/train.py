@@ -13,4 +13,5 @@ train_run(
     evaluation=run["evaluation"], seed=int(snakemake.wildcards.seed), threads=snakemake.threads,
     device=run["device"], precision=run["precision"], cost_per_device_hour=snakemake.params.cost_per_device_hour,
     checkpoint_dir=snakemake.params.checkpoint_dir,
+    method_inputs={role: path for role, path in snakemake.input.items() if role not in ("model", "tokenized")},
 )

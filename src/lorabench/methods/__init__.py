@@ -6,7 +6,7 @@ per-step action it needs, and what it reports. The trainer calls the same hooks 
 
 from lorabench.methods.base import METHODS, Method, count_parameters, register  # noqa: F401
 from lorabench.precision import FP32, Precision
-from lorabench.methods import full_ft, hira, lora, qlora, sparse_lora  # noqa: F401  (registration)
+from lorabench.methods import full_ft, hira, lora, qlora, sparse_lora, sparselora  # noqa: F401  (registration)
 
 
 def method_class(name: str) -> type[Method]:
@@ -16,8 +16,9 @@ def method_class(name: str) -> type[Method]:
         raise ValueError(f"unknown method '{name}'; registered: {', '.join(sorted(METHODS))}") from None
 
 
-def build_method(name: str, params: dict, target_modules: list[str], precision: Precision = FP32) -> Method:
-    return method_class(name)(name, params, target_modules, precision)
+def build_method(name: str, params: dict, target_modules: list[str], precision: Precision = FP32,
+                 inputs: dict | None = None) -> Method:
+    return method_class(name)(name, params, target_modules, precision, inputs)
 
 
 def architecture_params(name: str, params: dict) -> dict:

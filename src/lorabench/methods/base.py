@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -60,8 +62,11 @@ class Method:
     #: Config keys that shape training only, not the model's graph: FLOPs do not depend on them.
     training_only_params: tuple[str, ...] = ("lr", "lr_reason")
 
-    def __init__(self, name: str, params: dict, target_modules: list[str], precision: Precision = FP32):
+    def __init__(self, name: str, params: dict, target_modules: list[str], precision: Precision = FP32,
+                 inputs: dict | None = None):
         self.name = name
+        #: Files the method reads besides the model and data, by role (SparseLoRA: {"predictor": path}).
+        self.inputs = dict(inputs or {})
         self.params = dict(params)
         self.target_modules = target_modules
         self.precision = precision
@@ -93,6 +98,11 @@ class Method:
         model.save_pretrained(str(out_dir), safe_serialization=True)
 
     # --- training hooks (no-ops by default) -----------------------------------------------------
+    def on_train_start(self, model: torch.nn.Module, step: int, total_steps: int,
+                       calibration: Callable[[], list[dict]]) -> None:
+        """Called once before the training loop (``step`` > 0 when resuming from a checkpoint).
+        ``calibration()`` returns a few fixed training batches, for methods that fit something to the data."""
+
     def make_optimizer(self, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
@@ -112,6 +122,20 @@ class Method:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    # --- what one training step computes (train_flops) ------------------------------------------
+    def compute_phases(self) -> tuple[str, ...]:
+        """Kinds of training step that compute different amounts (SparseLoRA: dense warm-up, sparse)."""
+        return ("dense",)
+
+    def compute_phase(self) -> str:
+        """The kind of the next training step."""
+        return "dense"
+
+    @contextmanager
+    def computing(self, phase: str):
+        """Make the steps inside compute as ``phase`` does (to count one step of each kind)."""
+        yield
 
     # --- reporting ------------------------------------------------------------------------------
     def report(self, model: torch.nn.Module) -> dict:

@@ -1,0 +1,117 @@
+"""SparseLoRA (Khaki et al., 2025): LoRA trained with contextual sparsity of the frozen base's FFN.
+
+After a dense warm-up, every training batch runs each sparse layer's FFN on only the channels a rank-r SVD
+predictor expects to matter (lorabench.ffn_sparsity), which shrinks the base's forward and input-gradient
+matmuls. The adapters are ordinary dense LoRA: evaluation, saving, merging and deployment are LoRA's, so
+inference costs the same as LoRA and only training is faster.
+
+This is a different thing from the ``sparse_lora_*`` methods, which make the adapter weights sparse and save
+no computation (docs/papers.md).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+
+from lorabench.ffn_sparsity import FFN_MAPS, FFNSparsity, compute_predictors, find_blocks, load_predictors
+from lorabench.methods.base import register
+from lorabench.methods.lora import LoRA
+
+
+class LayerSettingError(ValueError):
+    """A per-layer setting does not fit the model; ``key`` is the method parameter at fault."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+def layer_sparsities(params: dict, num_layers: int) -> list[float]:
+    """Per-layer FFN sparsity from ``ffn_sparsity`` (one value or one per layer) and ``dense_layers``
+    (indices, negative from the end, that stay dense). Raises LayerSettingError naming the key."""
+    value = params.get("ffn_sparsity", 0.9)
+    if isinstance(value, list):
+        if len(value) != num_layers:
+            raise LayerSettingError("ffn_sparsity", f"{len(value)} values for a model with {num_layers} layers "
+                                    f"(give one value, or exactly {num_layers})")
+        sparsities = [float(v) for v in value]
+    else:
+        sparsities = [float(value)] * num_layers
+    for index in params.get("dense_layers", [0, -1]):
+        if not -num_layers <= index < num_layers:
+            raise LayerSettingError("dense_layers", f"index {index} is outside the model's {num_layers} layers "
+                                    f"(allowed: {-num_layers}..{num_layers - 1})")
+        sparsities[index] = 0.0
+    return sparsities
+
+
+@register("sparselora")
+class SparseLoRA(LoRA):
+    # Evaluation runs dense, so these change training only, not the deployed model (efficiency jobs).
+    training_only_params = LoRA.training_only_params + ("ffn_sparsity", "dense_layers", "warmup_frac",
+                                                        "predictor_rank", "predictor")
+    #: The predictor file this method reads (the predictor rule writes it; computed in process if absent).
+    uses_predictor = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sparsity: FFNSparsity | None = None
+        self.warmup_steps = 0
+        self.summary: dict = {}
+
+    # --- training hooks -------------------------------------------------------------------------
+    def on_train_start(self, model, step: int, total_steps: int, calibration) -> None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        model_type = base.config.model_type
+        path = self.inputs.get("predictor")
+        if path:  # the predictor rule's file (the pipeline)
+            predictors = load_predictors(path)
+        else:  # computed here, the same way (tests, benchmarks)
+            calibrated = self.params.get("predictor", "calibrated") == "calibrated"
+            predictors = compute_predictors(base, model_type, self.params.get("predictor_rank", 16),
+                                            calibration() if calibrated else None)
+        num_layers = len(find_blocks(base, FFN_MAPS[model_type]))
+        self.sparsity = FFNSparsity(base, model_type, layer_sparsities(self.params, num_layers), predictors)
+        self.warmup_steps = math.ceil(self.params.get("warmup_frac", 0.1) * total_steps)
+        self.sparsity.sparse = step >= self.warmup_steps
+
+    def on_optimizer_step(self, model, step: int, total_steps: int) -> None:
+        if self.sparsity is not None:
+            self.sparsity.sparse = step >= self.warmup_steps
+
+    def finalize(self, model) -> None:
+        if self.sparsity is not None:
+            s = self.sparsity
+            sparse_layers = [x for x in s.sparsities if x > 0]
+            self.summary = {
+                "ffn_sparsity_mean": sum(s.sparsities) / len(s.sparsities),
+                "ffn_sparse_layers": len(sparse_layers),
+                "ffn_matmul_fraction": s.matmul_fraction(),
+                "dense_warmup_steps": self.warmup_steps,
+                "predictor_rank": self.params.get("predictor_rank", 16),
+                "predictor": self.params.get("predictor", "calibrated"),
+            }
+            s.remove()  # the trained model is plain LoRA again: evaluated and saved dense
+            self.sparsity = None
+
+    # --- what one step computes (train_flops) ---------------------------------------------------
+    def compute_phases(self) -> tuple[str, ...]:
+        return ("dense", "sparse")
+
+    def compute_phase(self) -> str:
+        return "sparse" if self.sparsity is not None and self.sparsity.sparse else "dense"
+
+    @contextmanager
+    def computing(self, phase: str):
+        was = self.sparsity.sparse
+        self.sparsity.sparse = phase == "sparse"
+        try:
+            yield
+        finally:
+            self.sparsity.sparse = was
+
+    def report(self, model: torch.nn.Module) -> dict:
+        return {**super().report(model), **self.summary}
