@@ -60,6 +60,16 @@ BAD_CONFIGS = [
      ["methods.sparselora.ffn_sparsity", "2 values", "6 layers"]),
     ("SparseLoRA predictor rank above the layer width", "methods.sparselora.predictor_rank", 500,
      ["methods.sparselora.predictor_rank", "384"]),
+    ("variant of an unknown type", "methods.my_lora", {"type": "lorra", "lr": 1e-3},
+     ["methods.my_lora.type", "lorra", "registered"]),
+    ("variant with a setting its type lacks", "methods.my_lora",
+     {"type": "lora", "lr": 1e-3, "r": 2, "alpha": 4, "dropout": 0.0, "sparsity": 0.5},
+     ["methods.my_lora", "sparsity", "settings of type 'lora'", "alpha"]),
+    ("variant with a bad value", "methods.prune_90",
+     {"type": "sparse_lora_magnitude", "lr": 1e-3, "r": 2, "alpha": 4, "dropout": 0.0, "sparsity": 1.5},
+     ["methods.prune_90.sparsity", "1.5"]),
+    ("variant key with a slash", "methods.lora/x", {"type": "lora", "lr": 1e-3, "r": 2, "alpha": 4, "dropout": 0.0},
+     ["methods", "lora/x"]),
     ("SparseLoRA unknown predictor", "methods.sparselora.predictor", "pca", ["methods.sparselora.predictor"]),
 ]
 

@@ -46,6 +46,21 @@ def test_run_outputs_and_figures_exist(smoke_run):
         assert list((smoke_run / "results" / "benchmarks" / rule).glob("*.tsv"))
 
 
+def test_two_variants_of_one_type_run_side_by_side(smoke_run):
+    df = pd.read_csv(smoke_run / "results" / "summary.csv")
+    variants = df[df["method_type"] == "lora"]
+    assert set(variants["method"]) == {"lora", "lora_r2"}
+    adapters = variants.groupby("method")["adapter_params"].first()
+    assert adapters["lora_r2"] * 2 == adapters["lora"]  # rank 2 against rank 4: half the adapter
+    for dataset in variants["dataset"].unique():
+        a, b = (smoke_run / "results" / "runs" / dataset / m / "seed0" / "model" / "adapter_model.safetensors"
+                for m in ("lora", "lora_r2"))
+        assert a.read_bytes() != b.read_bytes()
+    assert (df["method_type"] == df["method"]).sum() == len(df) - len(df[df["method"] == "lora_r2"])
+    by_method = pd.read_csv(smoke_run / "results" / "summary_by_method.csv")
+    assert {"lora", "lora_r2"} <= set(by_method["method"])
+
+
 def _planned_jobs(proc) -> list[tuple[str, str]]:
     """(rule, wildcards) of every job a dry run would execute."""
     jobs, rule = [], None
@@ -87,6 +102,13 @@ def test_nothing_reruns_and_one_hyperparameter_reruns_only_its_method(smoke_run,
     reshaped = _planned_jobs(snakemake(smoke_run, write_config(tmp_path / "rank.yaml", cfg), "--dry-run", timeout=120))
     efficiency = [w for r, w in reshaped if r == "efficiency"]
     assert len(efficiency) == len(cfg["datasets"]) and all("method=hira" in w for w in efficiency)
+
+    cfg = smoke_config()
+    cfg["methods"]["lora_r2"]["lr"] *= 2  # one variant of a type with two: the other variant stays
+    variant = _planned_jobs(snakemake(smoke_run, write_config(tmp_path / "variant.yaml", cfg), "--dry-run",
+                                      timeout=120))
+    trained = [w for r, w in variant if r == "train"]
+    assert len(trained) == len(cfg["datasets"]) * len(cfg["seeds"]) and all("method=lora_r2" in w for w in trained)
 
     cfg = smoke_config()
     cfg["evaluation"]["batch_size"] *= 2  # read by the training jobs' evaluation, not by the timing

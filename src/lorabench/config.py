@@ -23,8 +23,9 @@ def _key_path(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
-def _explain(error: jsonschema.ValidationError) -> str:
-    key = _key_path(error.absolute_path)
+def _explain(error: jsonschema.ValidationError, prefix: tuple = ()) -> str:
+    """One line naming the key (``prefix`` + the error's path) and what is allowed."""
+    key = _key_path([*prefix, *error.absolute_path])
     schema = error.schema if isinstance(error.schema, dict) else {}
     if error.validator == "additionalProperties" or error.validator == "unevaluatedProperties":
         allowed = sorted(schema.get("properties", {})) if isinstance(schema.get("properties"), dict) else []
@@ -46,11 +47,42 @@ def load_schema() -> dict:
         return yaml.safe_load(fh)
 
 
+def _method_keys(schema: dict, node: dict) -> list[str]:
+    """Every setting a method type accepts: its properties and those of the definitions it refers to."""
+    keys = list(node.get("properties", {}))
+    if "$ref" in node:
+        keys += _method_keys(schema, schema["$defs"][node["$ref"].rsplit("/", 1)[-1]])
+    return keys
+
+
+def _validate_methods(config: dict, schema: dict) -> None:
+    """Each ``methods`` entry against its type's settings ($defs/method_types), errors naming the entry's key."""
+    types = schema["$defs"]["method_types"]
+    for name, params in config["methods"].items():
+        kind = params.get("type", name)
+        if kind not in types:
+            key, why = ((f"methods.{name}.type", "") if "type" in params
+                        else (f"methods.{name}", " (without 'type', the key is the type; give the entry a 'type')"))
+            raise ConfigError(f"config key '{key}': no method type '{kind}'{why}; registered: {', '.join(types)}")
+        entry = {k: v for k, v in params.items() if k != "type"}
+        sub = jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": f"#/$defs/method_types/{kind}"})
+        errors = list(sub.iter_errors(entry))
+        if errors:
+            best = jsonschema.exceptions.best_match(errors)
+            message = _explain(best, ("methods", name))  # the entry's key, not the type's definition
+            if best.validator == "unevaluatedProperties":
+                allowed = sorted(set(_method_keys(schema, types[kind])))
+                message += f"; settings of type '{kind}': type, {', '.join(allowed)}"
+            raise ConfigError(message)
+
+
 def _fill_defaults(config: dict, schema: dict) -> None:
-    """Fill ``default`` values of the schema into the config (the parts Snakemake jobs read)."""
-    method_defs = schema["properties"]["methods"]["properties"]
+    """Fill ``default`` values of the schema into the config (the parts Snakemake jobs read); every methods
+    entry gets its ``type`` written out."""
+    types = schema["$defs"]["method_types"]
     for name, params in config.get("methods", {}).items():
-        for key, sub in method_defs.get(name, {}).get("properties", {}).items():
+        params["type"] = params.get("type", name)
+        for key, sub in types[params["type"]].get("properties", {}).items():
             if "default" in sub:
                 params.setdefault(key, sub["default"])
     for section in ("training", "evaluation"):
@@ -74,9 +106,10 @@ def _fill_defaults(config: dict, schema: dict) -> None:
 def _semantic_checks(config: dict) -> None:
     from lorabench.methods import METHODS  # registry; imported lazily (pulls in torch)
 
-    for name in config["methods"]:
-        if name not in METHODS:
-            raise ConfigError(f"config key 'methods.{name}': no such method; registered: {', '.join(sorted(METHODS))}")
+    for name, params in config["methods"].items():
+        if params["type"] not in METHODS:  # a schema entry without a registered class
+            raise ConfigError(f"config key 'methods.{name}': method type '{params['type']}' is not registered; "
+                              f"registered: {', '.join(sorted(METHODS))}")
     for ds_name, ds in config["datasets"].items():
         if ds["model"] not in config["models"]:
             raise ConfigError(
@@ -114,7 +147,7 @@ def _check_precision(config: dict) -> None:
     requested = config["precision"]
     for precision in (["bf16", "fp32"] if requested == "auto" else [requested]):
         for name, params in config["methods"].items():
-            why = METHODS[name].precision_conflict(params, precision)
+            why = METHODS[params["type"]].precision_conflict(params, precision)
             if why:
                 via = f" ('auto' gives {precision} on hardware with native bf16)" if requested == "auto" else ""
                 raise ConfigError(f"config key 'methods.{name}': method '{name}' cannot run in precision "
@@ -173,7 +206,7 @@ def _check_contextual_sparsity(config: dict) -> None:
     from lorabench.models import model_shape
 
     for name, params in config["methods"].items():
-        if not getattr(method_class(name), "uses_predictor", False):
+        if not getattr(method_class(params["type"]), "uses_predictor", False):
             continue
         for ds_name, ds in config["datasets"].items():
             shape = model_shape(config["snapshots"], config["models"][ds["model"]])
@@ -206,6 +239,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         # The deepest error under oneOf/$ref is the one that names the field.
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(_explain(best))
+    _validate_methods(config, schema)
     _fill_defaults(config, schema)
     _semantic_checks(config)
     return config

@@ -29,7 +29,7 @@ def summary_by_method(summary: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in SUMMARY_METRICS if c in summary]
     # The precision a method ran in is part of what it is measured as; grouping by it keeps runs of two
     # precisions apart rather than averaging them.
-    keys = ["dataset", "task", "method"] + (["precision"] if "precision" in summary else [])
+    keys = ["dataset", "task", "method"] + [k for k in ("method_type", "precision") if k in summary]
     out = stats.describe(summary, keys, cols)
     # Latency and throughput are timed once per (dataset, method), in rounds: their interval is over those
     # rounds (carried in the summary), not over seeds, which all share the one measurement.
@@ -138,9 +138,13 @@ def _ci(low, high) -> str:
 
 
 def contextual_sparsity_sentences(summary: pd.DataFrame, reference: str = "lora") -> list[str]:
-    """SparseLoRA-style methods (those that report ``ffn_sparse_layers``) against plain LoRA, per dataset: the
+    """SparseLoRA-style methods (those that report ``ffn_sparse_layers``) against plain LoRA (the method named
+    ``reference``, else the first variant of that type), per dataset: the
     training step's speed-up (ratio of seconds per optimizer step, paired by seed), the counted training FLOPs
     and the metric, each with its 95% interval over seeds."""
+    if reference not in set(summary["method"]) and "method_type" in summary:  # a variant of that type instead
+        variants = sorted(summary.loc[summary["method_type"] == reference, "method"].unique())
+        reference = variants[0] if variants else reference
     if "ffn_sparse_layers" not in summary or reference not in set(summary["method"]):
         return []
     out = []

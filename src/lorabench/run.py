@@ -22,7 +22,7 @@ from lorabench.config import TrainingSettings
 from lorabench.data import EVAL, TRAIN, Collator, load_tokenized
 from lorabench.evaluate import evaluate
 from lorabench.memory import PhaseMemory
-from lorabench.methods import build_method, count_parameters
+from lorabench.methods import build_method, count_parameters, method_type
 from lorabench.models import ModelLoader
 from lorabench.precision import resolve_precision
 from lorabench.trainer import RunId, train
@@ -108,7 +108,8 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete; nothing left to resume
     metrics = {
         **result, **counts, **method.report(model),
-        "method": method_name, "dataset": dataset_name, "seed": seed, "model_repo": model_cfg["repo"],
+        "method": method_name, "method_type": method_type(method_name, method_params), "dataset": dataset_name,
+        "seed": seed, "model_repo": model_cfg["repo"],
         "task": dataset["task"], "train_split": dataset["train_split"], "eval_split": dataset["eval_split"],
         "device": device_name(dev), "device_type": dev.type, "torch_threads": torch.get_num_threads(),
         "device_hours": hours, "cost_usd": hours * cost_per_device_hour.get(dev.type, 0.0),
@@ -154,7 +155,8 @@ def efficiency_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_c
     # fvcore cannot trace a 4-bit model: such methods are counted as their full-precision proxy.
     counted_as = method.flops_proxy or method_name
     if method.flops_proxy:
-        method = build_method(method.flops_proxy, method_params, loader.target_modules, prec)
+        method = build_method(method.flops_proxy, {**method_params, "type": method.flops_proxy}, loader.target_modules,
+                              prec)
     seed_everything(0)
     meta = read_json(Path(tokenized_dir) / "meta.json")
     result.update(flops.count(method.build(loader), meta["eval"]["mean_length"], meta["train"]["mean_length"],

@@ -1,4 +1,5 @@
 # Shared helpers: config validation (before any job runs), wildcard constraints, per-job config slices.
+import re
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ RUN = "results/runs/{dataset}/{method}/seed{seed}"
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
-    method="|".join(METHODS),
+    method="|".join(map(re.escape, METHODS)),
     model="|".join(config["models"]),
     seed=r"\d+",
     rank=r"\d+",
@@ -51,7 +52,7 @@ EVAL_KEYS_OF_EFFICIENCY = ("latency_examples", "timing_repeats", "throughput_bat
 def method_inputs(wildcards):
     """Files a method reads besides the model and the data, by role (SparseLoRA: its channel predictor)."""
     params = config["methods"][wildcards.method]
-    if getattr(method_class(wildcards.method), "uses_predictor", False):
+    if getattr(method_class(params["type"]), "uses_predictor", False):
         folder = f"resources/predictors/{wildcards.dataset}/{model_of(wildcards.dataset)}"
         return {"predictor": f"{folder}/{params['predictor']}_rank{params['predictor_rank']}.safetensors"}
     return {}

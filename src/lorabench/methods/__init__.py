@@ -16,12 +16,18 @@ def method_class(name: str) -> type[Method]:
         raise ValueError(f"unknown method '{name}'; registered: {', '.join(sorted(METHODS))}") from None
 
 
+def method_type(name: str, params: dict) -> str:
+    """The registered method a config entry is a variant of: its ``type``, or else its key."""
+    return params.get("type") or name
+
+
 def build_method(name: str, params: dict, target_modules: list[str], precision: Precision = FP32,
                  inputs: dict | None = None) -> Method:
-    return method_class(name)(name, params, target_modules, precision, inputs)
+    """The method of config entry ``name`` (a variant's key) with its ``params``."""
+    return method_class(method_type(name, params))(name, params, target_modules, precision, inputs)
 
 
 def architecture_params(name: str, params: dict) -> dict:
-    """The method's settings that shape the model (rank, alpha, ...), without the training-only ones."""
-    dropped = set(method_class(name).training_only_params)
+    """The method's settings that shape the model (type, rank, alpha, ...), without the training-only ones."""
+    dropped = set(method_class(method_type(name, params)).training_only_params)
     return {k: v for k, v in params.items() if k not in dropped}
