@@ -115,6 +115,7 @@ def measure(model_name: str, config: dict, sparse_params: dict, lora_params: dic
     row["overlap_min"] = float(np.min([q["overlap"] for q in quality.values()]))
     row["random_overlap"] = 1 - max(sparse.method.sparsity.sparsities)
     row["mass_mean"] = float(np.mean([q["mass"] for q in quality.values()]))
+    row["overlap_by_layer"] = {i: round(q["overlap"], 2) for i, q in sorted(quality.items())}
     sparse.method.finalize(sparse.model)
     return row
 
@@ -143,6 +144,9 @@ def main() -> None:
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    print()
+    for r in rows:
+        print(f"{r['model']}: predictor overlap with the oracle top-k, by layer: {r['overlap_by_layer']}")
     by = {r["model"]: r for r in rows}
     fmt = lambda m, k: f"{by[m][k]:.3f}" if m in by else "nan"  # noqa: E731
     print(f"speedup_smollm2={fmt('smollm2', 'speedup')} speedup_minilm={fmt('minilm', 'speedup')} "

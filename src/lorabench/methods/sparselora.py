@@ -32,7 +32,7 @@ class LayerSettingError(ValueError):
 def layer_sparsities(params: dict, num_layers: int) -> list[float]:
     """Per-layer FFN sparsity from ``ffn_sparsity`` (one value or one per layer) and ``dense_layers``
     (indices, negative from the end, that stay dense). Raises LayerSettingError naming the key."""
-    value = params.get("ffn_sparsity", 0.9)
+    value = params.get("ffn_sparsity", 0.5)
     if isinstance(value, list):
         if len(value) != num_layers:
             raise LayerSettingError("ffn_sparsity", f"{len(value)} values for a model with {num_layers} layers "
