@@ -77,16 +77,21 @@ def draw_all(summary_csv, out_dir) -> None:
         df["method_type"] = df["method"]
     cols = ["metric", "trainable_params", "train_time_s", "peak_train_mem_mb", "peak_infer_mem_mb", "throughput_per_s"]
     s = seed_summary(df, [c for c in cols if c in df])
+    # Tall enough for both legends (one entry per method type, one per variant).
+    height = max(4.0, 1.2 + 0.24 * (s["method"].nunique() + s["method_type"].nunique()))
     errorbar = p9.geom_errorbar(p9.aes(ymin="metric_lo", ymax="metric_hi"), width=0.04)
-    _save(p9.ggplot(s, p9.aes("trainable_params", "metric", colour="method_type", shape="method")) + errorbar + p9.geom_point(size=3)
+    by_type = {"colour": "method_type", "shape": "method"}
+    _save(p9.ggplot(s, p9.aes("trainable_params", "metric", **by_type)) + errorbar + p9.geom_point(size=3)
           + p9.scale_x_log10() + p9.facet_wrap("~panel", scales="free")
           + p9.labs(x="trainable parameters (count, log scale)", y="task metric (mean over seeds, 95% CI)",
-                    title="Task metric vs trainable parameters") + _theme(), f"{out_dir}/metric_vs_trainable_params")
+                    title="Task metric vs trainable parameters") + _theme(12, height),
+          f"{out_dir}/metric_vs_trainable_params")
     if "throughput_per_s" in s:
-        _save(p9.ggplot(s, p9.aes("throughput_per_s", "metric", colour="method_type", shape="method")) + errorbar + p9.geom_point(size=3)
+        _save(p9.ggplot(s, p9.aes("throughput_per_s", "metric", **by_type)) + errorbar + p9.geom_point(size=3)
               + p9.facet_wrap("~panel", scales="free")
               + p9.labs(x="inference throughput (examples/s, unmerged adapter)", y="task metric (mean, 95% CI)",
-                        title="Inference throughput vs task metric") + _theme(), f"{out_dir}/throughput_vs_metric")
+                        title="Inference throughput vs task metric") + _theme(12, height),
+              f"{out_dir}/throughput_vs_metric")
     _save(p9.ggplot(s, p9.aes("method", "train_time_s", fill="method_type")) + p9.geom_col()
           + p9.geom_errorbar(p9.aes(ymin="train_time_s_lo", ymax="train_time_s_hi"), width=0.3)
           + p9.facet_wrap("~dataset", scales="free_y") + p9.coord_flip()
