@@ -70,6 +70,8 @@ BAD_CONFIGS = [
      ["methods.prune_90.sparsity", "1.5"]),
     ("variant key with a slash", "methods.lora/x", {"type": "lora", "lr": 1e-3, "r": 2, "alpha": 4, "dropout": 0.0},
      ["methods", "lora/x"]),
+    ("DoRA on SparseLoRA (its narrowed FFN is plain LoRA's)", "methods.sparselora.use_dora", True,
+     ["methods.sparselora", "use_dora", "settings of type 'sparselora'"]),
     ("SparseLoRA unknown predictor", "methods.sparselora.predictor", "pca", ["methods.sparselora.predictor"]),
 ]
 

@@ -135,6 +135,28 @@ def _logits(model, rows, collator):
         return model(**model_inputs(collator, rows, torch.device("cpu"))).logits
 
 
+@pytest.mark.parametrize("option", ["use_dora", "use_rslora"])
+def test_lora_options_reach_peft_train_and_merge(option, loader, rows, collator):
+    seed_everything(0)
+    method = build_method("lora", {**PARAMS["lora"], option: True}, loader.target_modules)
+    model = method.build(loader)
+    layer = next(m for m in model.modules() if "default" in getattr(m, "lora_A", {}))
+    if option == "use_dora":
+        assert layer.use_dora["default"]
+        assert any("lora_magnitude_vector" in n for n, p in model.named_parameters() if p.requires_grad)
+    else:
+        assert layer.scaling["default"] == pytest.approx(PARAMS["lora"]["alpha"] / PARAMS["lora"]["r"] ** 0.5)
+    result = _train(method, model, rows, collator, replace(SETTINGS, epochs=4))
+    curve = [p["loss"] for p in result["loss_curve"]]
+    assert curve[-1] < curve[0], curve
+    model.eval()
+    batch = model_inputs(collator, rows[:4], CPU)
+    with torch.no_grad():
+        before = model(**batch).logits
+        after = model.merge_and_unload()(**batch).logits
+    assert torch.allclose(before, after, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["lora", "hira"])
 def test_fresh_adapter_is_identity_and_merge_matches(name, loader, rows, collator):
     seed_everything(0)

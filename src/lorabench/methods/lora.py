@@ -28,6 +28,8 @@ class LoRA(Method):
             target_modules=self.params.get("target_modules") or self.target_modules,
             task_type=loader.peft_task_type,
             modules_to_save=head_modules_present(model, loader.head_modules) or None,
+            use_dora=self.params.get("use_dora", False),
+            use_rslora=self.params.get("use_rslora", False),
         )
 
     def build(self, loader) -> torch.nn.Module:
