@@ -23,7 +23,6 @@ import sys
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -38,7 +37,7 @@ from lorabench.trainer import RunId, train
 from lorabench.utils import device_name, seed_everything, set_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trainer_overhead import Arm  # noqa: E402  (the same step as lorabench.trainer.train runs)
+from trainer_overhead import Arm, interleaved_bare_steps, step_summary  # noqa: E402  (the same step as lorabench.trainer.train runs)
 
 REPO = Path(__file__).resolve().parents[1]
 SNAPSHOTS = Path(os.environ.get("LORABENCH_SNAPSHOTS", REPO.parent / "shared" / "hf"))
@@ -66,17 +65,8 @@ def prepare(config: dict, dataset: str, cache: Path) -> tuple[Path, Path]:
 def step_times(model_name, method, params, loader, batches, settings) -> dict:
     """fp32 and bf16 arms, ABBA on the same batches; the first two steps of each arm are not timed."""
     arms = {p: Arm(method, params, loader, settings, len(batches), resolve_precision(p, CPU)) for p in ("fp32", "bf16")}
-    times = {"fp32": [], "bf16": []}
-    for i, batch in enumerate(batches):
-        order = ("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32")
-        for p in order:
-            t = arms[p].bare(batch)  # the arithmetic of a step in that precision (autocast inside)
-            if i >= 2:
-                times[p].append(1000 * t)
-    row = {"model": model_name, "method": method}
-    for p, ts in times.items():
-        q1, med, q3 = np.percentile(ts, [25, 50, 75])
-        row.update({f"{p}_step_ms_median": med, f"{p}_step_ms_iqr": q3 - q1})
+    # the arithmetic of a step in each precision (autocast inside)
+    row = {"model": model_name, "method": method, **step_summary(interleaved_bare_steps(arms, batches))}
     row["bf16_speedup"] = row["fp32_step_ms_median"] / row["bf16_step_ms_median"]
     return row
 

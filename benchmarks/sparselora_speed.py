@@ -36,7 +36,7 @@ from lorabench.utils import device_name, set_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from precision import prepare  # noqa: E402  (models and data under resources/bench/)
-from trainer_overhead import Arm  # noqa: E402  (the same step as lorabench.trainer.train runs)
+from trainer_overhead import Arm, interleaved_bare_steps, step_summary  # noqa: E402  (the same step as lorabench.trainer.train runs)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -94,18 +94,10 @@ def measure(model_name: str, config: dict, sparse_params: dict, lora_params: dic
     counted = {"lora": step_flops_per_token(lora.model, lora.method, batches[0], precision)["dense"],
                "sparselora": step_flops_per_token(sparse.model, sparse.method, batches[0], precision)["sparse"]}
     analytic = analytic_saved_flops_per_token(sparse.method.sparsity)
-    times = {"lora": [], "sparselora": []}
-    for i, batch in enumerate(batches):
-        order = ("lora", "sparselora") if i % 2 == 0 else ("sparselora", "lora")
-        for name in order:
-            t = (lora if name == "lora" else sparse).bare(batch)
-            if i >= 2:  # the first steps pick kernels for the shapes
-                times[name].append(1000 * t)
+    times = interleaved_bare_steps({"lora": lora, "sparselora": sparse}, batches)
     row = {"model": model_name, "batch": f"{BATCH} x {batches[0]['input_ids'].shape[1]}",
-           "ffn_sparsity": sparse_params.get("ffn_sparsity"), "steps_timed": len(times["lora"])}
-    for name, ts in times.items():
-        q1, med, q3 = np.percentile(ts, [25, 50, 75])
-        row.update({f"{name}_step_ms_median": med, f"{name}_step_ms_iqr": q3 - q1})
+           "ffn_sparsity": sparse_params.get("ffn_sparsity"), "steps_timed": len(times["lora"]),
+           **step_summary(times)}
     row["speedup"] = row["lora_step_ms_median"] / row["sparselora_step_ms_median"]
     ratios = np.asarray(times["lora"]) / np.asarray(times["sparselora"])
     row["speedup_iqr"] = float(np.subtract(*np.percentile(ratios, [75, 25])))

@@ -110,6 +110,28 @@ class Arm:
         return time.perf_counter() - start
 
 
+def interleaved_bare_steps(arms: dict, batches: list[dict], skip: int = 2) -> dict[str, list[float]]:
+    """Milliseconds per step of two arms (name -> Arm) stepping on the same batches, ABBA order (neither arm
+    always goes first); the first ``skip`` batches pick kernels for the shapes and are not timed."""
+    first, second = arms
+    times = {name: [] for name in arms}
+    for i, batch in enumerate(batches):
+        for name in ((first, second) if i % 2 == 0 else (second, first)):
+            t = arms[name].bare(batch)
+            if i >= skip:
+                times[name].append(1000 * t)
+    return times
+
+
+def step_summary(times: dict[str, list[float]]) -> dict:
+    """<arm>_step_ms_median and <arm>_step_ms_iqr of each arm."""
+    row = {}
+    for name, ts in times.items():
+        q1, med, q3 = np.percentile(ts, [25, 50, 75])
+        row.update({f"{name}_step_ms_median": med, f"{name}_step_ms_iqr": q3 - q1})
+    return row
+
+
 def interleaved_steps(name, loader, rows, collator, settings, precision, warmup: int = 3) -> dict:
     """Per-step times of the lorabench step and the bare step, ABBA on the same batches."""
     lengths = [len(r["input_ids"]) for r in rows]

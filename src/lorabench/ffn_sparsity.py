@@ -53,6 +53,11 @@ class FFNMap:
     finish: Callable
     """(block, down_output, x) -> what ``entry`` returns (dropout, residual and LayerNorm where it has them)."""
 
+    def hidden(self, block: torch.nn.Module, pre: list[torch.Tensor]) -> torch.Tensor:
+        """The hidden activation from the up-projections' outputs ``pre`` (exact or predicted)."""
+        act = _get(block, self.activation)
+        return act(pre[0]) * pre[1] if self.gated else act(pre[0])
+
     def install(self, block: torch.nn.Module, narrow: Callable) -> Callable[[], None]:
         """Route the block's FFN through ``narrow(x)``, or the original code where that returns None (dense).
         Returns the undo."""
@@ -282,7 +287,7 @@ class FFNSparsity:
         self.widths = [_parts(_get(b, self.fmap.ups[0]))[0].weight.shape[0] for b in self.blocks]
         self._undo = [self.fmap.install(block, functools.partial(self._narrow, i))
                       for i, block in enumerate(self.blocks) if self.sparsities[i] > 0]
-        # The real tokens of the batch (attention mask), so padding does not enter the predictor's mean.
+        # The real tokens of the batch (attention mask), so padding does not enter the predictor's scores.
         self._hook = model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)
 
     def _capture_mask(self, module, args, kwargs):
@@ -313,12 +318,11 @@ class FFNSparsity:
             bias = _parts(_get(block, path))[0].bias
             p = (x @ a.to(x.device)) @ b.to(x.device)
             pre.append(p if bias is None else p + bias.float())
-        act = _get(block, self.fmap.activation)
-        hidden = act(pre[0]) * pre[1] if self.fmap.gated else act(pre[0])
+        hidden = self.fmap.hidden(block, pre)
         weights = self._real_tokens(x)
         if weights is not None:
             hidden = hidden * weights
-        return hidden.float().pow(2).sum(dim=(0, 1))
+        return hidden.pow(2).sum(dim=(0, 1))
 
     def select(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """Sorted indices of the channels ``layer`` computes for this batch."""
@@ -333,9 +337,7 @@ class FFNSparsity:
             return None
         idx = self.select(layer, x)
         ups = [output_channels(_get(block, path), x, idx) for path in self.fmap.ups]
-        act = _get(block, self.fmap.activation)
-        hidden = act(ups[0]) * ups[1] if self.fmap.gated else act(ups[0])
-        return input_channels(_get(block, self.fmap.down), hidden, idx)
+        return input_channels(_get(block, self.fmap.down), self.fmap.hidden(block, ups), idx)
 
     def _dense_capture(self, model: torch.nn.Module, batch: dict):
         """One dense forward; per sparse layer, the FFN input and the true hidden activation."""

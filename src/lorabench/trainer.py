@@ -181,9 +181,11 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     restored = ckpt.load(model, optimizer, scheduler, scaler, method, mask_gen) if ckpt else None
     progress = restored or Progress()
     method.on_train_start(model, progress.step, total_steps, lambda: calibration_batches(rows, collator))
+    # FLOPs per token do not depend on the batch size (the counter counts matmuls, linear in the rows), so two
+    # rows of the first batch, at its padded width, are counted rather than a whole batch.
     first = collator([rows[j] for j in range(min(settings.batch_size, len(rows)))],
                      generator=torch.Generator().manual_seed(seed))
-    flops_per_token = step_flops_per_token(model, method, {k: v.to(device) for k, v in first.items()}, precision)
+    flops_per_token = step_flops_per_token(model, method, {k: v[:2].to(device) for k, v in first.items()}, precision)
 
     bar = tqdm(total=total_steps, initial=progress.step, desc=str(run), file=sys.stderr, mininterval=5)
     if memory is not None:
