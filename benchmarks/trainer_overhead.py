@@ -216,8 +216,9 @@ def main() -> None:
     lines = []
     for name in (["lora", "full_ft"] if args.quick else list(PARAMS)):
         row = interleaved_steps(name, loader, rows, collator, settings, precision)
-        counted_as = build_method(name, PARAMS[name], loader.target_modules).flops_proxy or name  # 4-bit: untraceable
-        per_example = count_flops(build_method(counted_as, PARAMS[name], loader.target_modules).build(loader),
+        # fvcore cannot trace a quantized base: count the same adapter in full precision.
+        counted = {**PARAMS[name], "quantize": "none", "double_quant": False, "compute_dtype": None}
+        per_example = count_flops(build_method(name, counted, loader.target_modules).build(loader),
                                   mean_len, mean_len, len(tokenizer))["train_flops_per_example"]
         achieved = per_example * settings.batch_size / (row["ours_step_ms_median"] / 1000)
         row.update(achieved_gflops=achieved / 1e9, mfu=achieved / peak)

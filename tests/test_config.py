@@ -73,6 +73,17 @@ BAD_CONFIGS = [
     ("DoRA on SparseLoRA (its narrowed FFN is plain LoRA's)", "methods.sparselora.use_dora", True,
      ["methods.sparselora", "use_dora", "settings of type 'sparselora'"]),
     ("SparseLoRA unknown predictor", "methods.sparselora.predictor", "pca", ["methods.sparselora.predictor"]),
+    ("unknown bit width", "methods.lora.quantize", "int4", ["methods.lora.quantize", "int4", "nf4"]),
+    ("a quantized base under SparseLoRA", "methods.sparselora.quantize", "nf4",
+     ["methods.sparselora", "quantize", "full-precision base"]),
+    ("a quantized base under full fine-tuning", "methods.full_ft.quantize", "nf4",
+     ["methods.full_ft", "quantize", "settings of type 'full_ft'"]),
+    ("double quantization without quantization", "methods.lora.double_quant", True,
+     ["methods.lora.double_quant", "'none'", "nf4"]),
+    ("a 4-bit compute dtype on an 8-bit base", "methods.my_int8",
+     {"type": "lora", "lr": 1e-3, "r": 2, "alpha": 4, "dropout": 0.0, "quantize": "int8", "compute_dtype": "float32"},
+     ["methods.my_int8.compute_dtype", "'int8'"]),
+    ("unknown optimizer", "methods.lora.optimizer", "sgd", ["methods.lora.optimizer", "paged_adamw"]),
 ]
 
 
@@ -130,3 +141,18 @@ def test_sparselora_on_an_architecture_without_a_channel_map_is_refused(tmp_path
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     assert "methods.sparselora" in str(err.value) and "gpt2" in str(err.value) and "llama" in str(err.value)
+
+
+def test_quantize_is_one_axis_and_qlora_is_its_preset():
+    cfg = copy.deepcopy(smoke_config())
+    cfg["methods"]["lora_nf4"] = {"type": "lora", "lr": 1e-3, "r": 4, "alpha": 8, "dropout": 0.0, "quantize": "nf4",
+                                  "double_quant": True, "optimizer": "paged_adamw"}
+    cfg["methods"]["qlora_int8"] = {"type": "qlora", "lr": 1e-3, "r": 4, "alpha": 8, "dropout": 0.0, "quantize": "int8"}
+    cfg["methods"]["qhira"] = {"type": "hira", "lr": 5e-3, "r": 4, "dropout": 0.0, "quantize": "fp4"}
+    methods = validate_config(cfg)["methods"]
+    preset = {k: v for k, v in methods["qlora"].items() if k != "type"}
+    assert preset == {k: v for k, v in methods["lora_nf4"].items() if k not in ("type", "use_dora", "use_rslora")}
+    assert (preset["quantize"], preset["double_quant"], preset["optimizer"]) == ("nf4", True, "paged_adamw")
+    assert methods["lora"]["quantize"] == "none" and methods["lora"]["optimizer"] == "adamw"
+    assert methods["qlora_int8"]["quantize"] == "int8"  # the preset's double_quant is not held against int8
+    assert methods["qhira"]["quantize"] == "fp4"

@@ -58,10 +58,16 @@ def test_qlora_computes_in_the_run_precision_unless_it_overrides(precision, dtyp
     loader = ModelLoader(MINILM, "classification", 2)
     params = {"lr": 1e-3, "r": 4, "alpha": 8, "dropout": 0.0, "compute_dtype": None}
     method = build_method("qlora", params, loader.target_modules, resolve_precision(precision, CPU))
-    assert method.compute_dtype() == dtype
+    assert {m.compute_dtype for m in _linear4bit(method.build(loader))} == {dtype}
     override = build_method("qlora", {**params, "compute_dtype": "bfloat16"}, loader.target_modules,
                             resolve_precision("fp32", CPU))
-    assert override.compute_dtype() == torch.bfloat16
+    assert {m.compute_dtype for m in _linear4bit(override.build(loader))} == {torch.bfloat16}
+
+
+def _linear4bit(model):
+    import bitsandbytes as bnb
+
+    return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
 
 
 def _contradiction(precision="fp16"):

@@ -56,7 +56,7 @@ def test_two_variants_of_one_type_run_side_by_side(smoke_run):
         a, b = (smoke_run / "results" / "runs" / dataset / m / "seed0" / "model" / "adapter_model.safetensors"
                 for m in ("lora", "lora_r2"))
         assert a.read_bytes() != b.read_bytes()
-    assert (df["method_type"] == df["method"]).sum() == len(df) - len(df[df["method"] == "lora_r2"])
+    assert set(df[df["method_type"] != df["method"]]["method"]) == {"lora_r2", "qhira"}
     by_method = pd.read_csv(smoke_run / "results" / "summary_by_method.csv")
     assert {"lora", "lora_r2"} <= set(by_method["method"])
 
@@ -144,12 +144,16 @@ def test_efficiency_columns_are_present_and_sane(smoke_run):
     sizes = df.set_index(["dataset", "method"])["adapter_size_mb"]
     assert (sizes.xs("lora", level="method") < sizes.xs("full_ft", level="method") / 10).all()
     mergeable = df[df["method"].isin(["lora", "hira", "sparse_lora_magnitude"])]
-    assert mergeable["latency_merged_ms"].notna().all() and df[df["method"] == "qlora"]["latency_merged_ms"].isna().all()
+    assert mergeable["latency_merged_ms"].notna().all() and mergeable["merge_error_rel"].isna().all()
+    quantized = df[df["method"].isin(["qlora", "qhira"])]  # deployed unmerged, with what merging would lose
+    assert quantized["latency_merged_ms"].isna().all() and (quantized["merge_error_rel"] > 0).all()
     # the torch.utils.flop_counter cross-check of one training step stays within 25%
     assert df["train_flops_vs_torch_counter_ratio"].between(0.75, 1.25).all()
-    qlora = df[df["method"] == "qlora"]
-    assert (qlora["base_weight_bits"] == 4).all() and (qlora["flops_counted_as"] == "lora").all()
-    assert qlora["optimizer"].str.contains("PagedAdamW").all()
+    assert (quantized["base_weight_bits"] == 4).all() and (quantized["quantize"] == "nf4").all()
+    assert (quantized["flops_counted_as"] == quantized["method"] + ", quantize: none").all()
+    assert df[df["method"] == "qlora"]["optimizer"].str.contains("PagedAdamW").all()
+    assert (df[df["method"] == "qhira"]["optimizer"] == "torch.optim.AdamW").all()
+    assert (df[df["method"] == "lora"]["base_weight_bits"] == 32).all()
 
 
 def test_training_flops_are_counted_from_what_each_run_computed(smoke_run):
@@ -157,6 +161,7 @@ def test_training_flops_are_counted_from_what_each_run_computed(smoke_run):
     flops = df["train_flops"]
     # the 4-bit matmuls are counted as the matmuls they are: QLoRA computes what LoRA does
     assert ((flops.xs("qlora", level="method") / flops.xs("lora", level="method")).between(0.99, 1.01)).all()
+    assert ((flops.xs("qhira", level="method") / flops.xs("hira", level="method")).between(0.99, 1.01)).all()
     # SparseLoRA's sparse steps skip half of the FFN channels in the middle layers (sst2, imdb: 2 dense warm-up
     # steps of 3, wikitext2: its one step is the warm-up)
     ratio = flops.xs("sparselora", level="method") / flops.xs("lora", level="method")

@@ -11,8 +11,7 @@ import jsonschema
 import yaml
 
 from lorabench.hub import snapshot_path
-
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+from lorabench.schema import load_schema, method_defaults, method_settings
 
 
 class ConfigError(ValueError):
@@ -42,19 +41,6 @@ def _explain(error: jsonschema.ValidationError, prefix: tuple = ()) -> str:
     return msg
 
 
-def load_schema() -> dict:
-    with open(SCHEMA_PATH) as fh:
-        return yaml.safe_load(fh)
-
-
-def _method_keys(schema: dict, node: dict) -> list[str]:
-    """Every setting a method type accepts: its properties and those of the definitions it refers to."""
-    keys = list(node.get("properties", {}))
-    if "$ref" in node:
-        keys += _method_keys(schema, schema["$defs"][node["$ref"].rsplit("/", 1)[-1]])
-    return keys
-
-
 def _validate_methods(config: dict, schema: dict) -> None:
     """Each ``methods`` entry against its type's settings ($defs/method_types), errors naming the entry's key."""
     types = schema["$defs"]["method_types"]
@@ -68,23 +54,42 @@ def _validate_methods(config: dict, schema: dict) -> None:
         sub = jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": f"#/$defs/method_types/{kind}"})
         errors = list(sub.iter_errors(entry))
         if errors:
+            # A failing allOf part loses its annotations, so every key it holds also shows as unevaluated: the
+            # failing value is the error to report.
+            errors = [e for e in errors if e.validator != "unevaluatedProperties"] or errors
             best = jsonschema.exceptions.best_match(errors)
             message = _explain(best, ("methods", name))  # the entry's key, not the type's definition
             if best.validator == "unevaluatedProperties":
-                allowed = sorted(set(_method_keys(schema, types[kind])))
+                allowed = sorted(method_settings(schema, types[kind]))
                 message += f"; settings of type '{kind}': type, {', '.join(allowed)}"
+                if kind == "sparselora" and "'quantize'" in best.message:
+                    message += (" (sparselora narrows the base weights to the kept FFN channels on every step, "
+                                "which a quantized base stores packed: it trains on a full-precision base)")
             raise ConfigError(message)
+        _check_quantization(name, entry, method_defaults(kind).get("quantize", "none"))
+
+
+def _check_quantization(name: str, entry: dict, default_quantize: str) -> None:
+    """4-bit settings given for another bit width mean nothing, and are refused rather than ignored. Only
+    settings the entry gives count: the qlora preset's double_quant is dropped when its quantize is int8."""
+    quantize = entry.get("quantize", default_quantize)
+    if entry.get("double_quant") and quantize not in ("nf4", "fp4"):
+        raise ConfigError(
+            f"config key 'methods.{name}.double_quant': double quantization compresses the constants of 4-bit "
+            f"blocks, but quantize is '{quantize}'; set quantize to nf4 or fp4, or double_quant to false")
+    if entry.get("compute_dtype") and quantize not in ("nf4", "fp4"):
+        raise ConfigError(
+            f"config key 'methods.{name}.compute_dtype': the dtype a 4-bit base dequantizes to, but quantize is "
+            f"'{quantize}'; drop compute_dtype or set quantize to nf4 or fp4")
 
 
 def _fill_defaults(config: dict, schema: dict) -> None:
     """Fill ``default`` values of the schema into the config (the parts Snakemake jobs read); every methods
     entry gets its ``type`` written out."""
-    types = schema["$defs"]["method_types"]
     for name, params in config.get("methods", {}).items():
         params["type"] = params.get("type", name)
-        for key, sub in types[params["type"]].get("properties", {}).items():
-            if "default" in sub:
-                params.setdefault(key, sub["default"])
+        for key, value in method_defaults(params["type"]).items():
+            params.setdefault(key, value)
     for section in ("training", "evaluation"):
         for key, sub in schema["properties"][section]["properties"].items():
             if "default" in sub:

@@ -106,7 +106,8 @@ def _bytes(t: torch.Tensor) -> int:
 
 
 def stored_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
-    """Exact bytes of the stored parameters (4-bit weights as packed, with their quantization constants),
+    """Exact bytes of the stored parameters (4-bit weights as packed, with their quantization constants; int8
+    weights with their row scales),
     of the gradients of trainable parameters, and of the optimizer's state."""
     weights = 0
     for p in model.parameters():
@@ -114,6 +115,8 @@ def stored_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
         state = getattr(p, "quant_state", None)
         for t in (getattr(state, "absmax", None), getattr(getattr(state, "state2", None), "absmax", None)):
             weights += _bytes(t) if isinstance(t, torch.Tensor) else 0
+        scales = getattr(p, "SCB", None)  # bitsandbytes Int8Params
+        weights += _bytes(scales) if isinstance(scales, torch.Tensor) else 0
     out = {"param_bytes": weights,
            "grad_bytes": sum(_bytes(p) for p in model.parameters() if p.requires_grad)}
     if optimizer is not None:

@@ -152,19 +152,20 @@ def efficiency_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_c
     del model
     clock.lap("efficiency_timing")
 
-    # fvcore cannot trace a 4-bit model: such methods are counted as their full-precision proxy.
-    counted_as = method.flops_proxy or method_name
-    if method.flops_proxy:
-        method = build_method(method.flops_proxy, {**method_params, "type": method.flops_proxy}, loader.target_modules,
-                              prec)
+    # fvcore cannot trace a quantized model: it is counted as the same adapter on a full-precision base, whose
+    # matmuls are the ones a quantized layer computes after dequantizing.
+    quantized = method.quantization.quantized
+    if quantized:
+        method = build_method(method_name, {**method_params, "quantize": "none", "double_quant": False,
+                                            "compute_dtype": None}, loader.target_modules, prec)
     seed_everything(0)
     meta = read_json(Path(tokenized_dir) / "meta.json")
     result.update(flops.count(method.build(loader), meta["eval"]["mean_length"], meta["train"]["mean_length"],
                               collator.vocab))
-    result["flops_counted_as"] = counted_as
+    result["flops_counted_as"] = f"{method_name}, quantize: none" if quantized else method_name
     result["flops_note"] = ("fvcore MACs x 2; scaled_dot_product_attention counted by a handle"
-                            + ("; 4-bit base counted as the same architecture in full precision"
-                               if counted_as != method_name else ""))
+                            + ("; the quantized base counted as the same architecture in full precision"
+                               if quantized else ""))
     clock.lap("flops")
     result["job_phases_s"] = clock.done()
     write_json(out_json, result)

@@ -6,7 +6,8 @@ per-step action it needs, and what it reports. The trainer calls the same hooks 
 
 from lorabench.methods.base import METHODS, Method, count_parameters, register  # noqa: F401
 from lorabench.precision import FP32, Precision
-from lorabench.methods import full_ft, hira, lora, qlora, sparse_lora, sparselora  # noqa: F401  (registration)
+from lorabench.methods import full_ft, hira, lora, sparse_lora, sparselora  # noqa: F401  (registration)
+from lorabench.schema import method_defaults
 
 
 def method_class(name: str) -> type[Method]:
@@ -23,8 +24,10 @@ def method_type(name: str, params: dict) -> str:
 
 def build_method(name: str, params: dict, target_modules: list[str], precision: Precision = FP32,
                  inputs: dict | None = None) -> Method:
-    """The method of config entry ``name`` (a variant's key) with its ``params``."""
-    return method_class(method_type(name, params))(name, params, target_modules, precision, inputs)
+    """The method of config entry ``name`` (a variant's key) with its ``params``; settings the mapping leaves
+    out take the schema's defaults, as a validated config would have them."""
+    kind = method_type(name, params)
+    return method_class(kind)(name, {**method_defaults(kind), **params}, target_modules, precision, inputs)
 
 
 def architecture_params(name: str, params: dict) -> dict:

@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from lorabench.precision import FP32, Precision
+from lorabench.quantization import Quantization
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -57,10 +58,8 @@ class Method:
     saves_adapter = True
     #: True when the adapter can be merged into the base weights for deployment (latency measured both ways).
     mergeable = False
-    #: Method whose full-precision model stands in for this one when counting FLOPs (fvcore cannot trace 4-bit).
-    flops_proxy: str | None = None
     #: Config keys that shape training only, not the model's graph: FLOPs do not depend on them.
-    training_only_params: tuple[str, ...] = ("lr", "lr_reason")
+    training_only_params: tuple[str, ...] = ("lr", "lr_reason", "optimizer")
 
     def __init__(self, name: str, params: dict, target_modules: list[str], precision: Precision = FP32,
                  inputs: dict | None = None):
@@ -70,15 +69,17 @@ class Method:
         self.params = dict(params)
         self.target_modules = target_modules
         self.precision = precision
-        self.optimizer_name = "torch.optim.AdamW"
+        #: How the frozen base is stored (the quantize axis; only adapter types accept the setting).
+        self.quantization = Quantization.from_params(self.params)
+        self._optimizer: torch.optim.Optimizer | None = None
 
     @classmethod
     def precision_conflict(cls, params: dict, precision: str) -> str | None:
         """Why this method cannot run with ``params`` in ``precision`` (fp32, bf16 or fp16), or None if it can.
 
         Checked for every configured method before any job runs. Every method here trains in all three
-        precisions; a method refuses the combinations its own settings contradict."""
-        return None
+        precisions; a method refuses the combinations its own settings contradict (a 4-bit compute dtype)."""
+        return Quantization.from_params(params).precision_conflict(precision)
 
     # --- model ---------------------------------------------------------------------------------
     def build(self, loader) -> torch.nn.Module:
@@ -104,7 +105,24 @@ class Method:
         ``calibration()`` returns a few fixed training batches, for methods that fit something to the data."""
 
     def make_optimizer(self, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        """The config's ``optimizer``: torch's AdamW, or bitsandbytes' paged AdamW (QLoRA's)."""
+        if self.params.get("optimizer", "adamw") == "paged_adamw":
+            import bitsandbytes as bnb
+
+            self._optimizer = bnb.optim.PagedAdamW(params, lr=lr, weight_decay=weight_decay)
+        else:
+            self._optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return self._optimizer
+
+    def optimizer_ran(self) -> str:
+        """The optimizer as it ran: bitsandbytes runs its paged optimizers unpaged on CPU, and says so."""
+        opt = self._optimizer
+        if opt is None:
+            return ""
+        name = f"{type(opt).__module__.split('.')[0]}.optim.{type(opt).__name__}"
+        if getattr(opt, "is_paged", False):
+            name += " (unpaged fallback on CPU)" if getattr(opt, "_cpu_paged_warned", False) else " (paged)"
+        return name
 
     def regularization(self, model: torch.nn.Module) -> torch.Tensor | None:
         """Extra loss added to the task loss (e.g. L1 on adapters); None for none."""
@@ -140,7 +158,9 @@ class Method:
     # --- reporting ------------------------------------------------------------------------------
     def report(self, model: torch.nn.Module) -> dict:
         """Method-specific columns for the summary (sparsity, bits of the base weights, optimizer)."""
-        return {"optimizer": self.optimizer_name, "base_weight_bits": base_weight_bits(model)}
+        q = self.quantization
+        return {"optimizer": self.optimizer_ran(), "base_weight_bits": base_weight_bits(model),
+                "quantize": q.kind, "double_quant": q.double_quant}
 
 
 def base_weight_bits(model: torch.nn.Module) -> int:

@@ -1,24 +1,16 @@
-"""LoRA (Hu et al., 2021) through PEFT: W x + (alpha / r) B A x, with A, B trainable and W frozen."""
+"""LoRA (Hu et al., 2021) through PEFT: W x + (alpha / r) B A x, with A, B trainable and W frozen; and the
+QLoRA preset (Dettmers et al., 2023), the same adapter on a 4-bit base."""
 
 from __future__ import annotations
 
-import torch
-
+from lorabench.methods.adapter import AdapterMethod, head_modules_present
 from lorabench.methods.adapter_stats import sparsity_report
-from lorabench.methods.base import Method, register
-
-
-def head_modules_present(model: torch.nn.Module, head_names: list[str]) -> list[str]:
-    """Task-head module names that exist in this architecture (PEFT trains and saves them in full)."""
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    return [h for h in head_names if h in present]
+from lorabench.methods.base import register
 
 
 @register("lora")
-class LoRA(Method):
-    mergeable = True
-
-    def peft_config(self, loader, model: torch.nn.Module):
+class LoRA(AdapterMethod):
+    def peft_config(self, loader, model):
         from peft import LoraConfig
 
         return LoraConfig(
@@ -32,11 +24,11 @@ class LoRA(Method):
             use_rslora=self.params.get("use_rslora", False),
         )
 
-    def build(self, loader) -> torch.nn.Module:
-        from peft import get_peft_model
-
-        base = self.load_base(loader)
-        return get_peft_model(base, self.peft_config(loader, base))
-
     def report(self, model):
         return {**super().report(model), **sparsity_report(model)}
+
+
+@register("qlora")
+class QLoRA(LoRA):
+    """LoRA on a 4-bit NF4 base with double quantization and paged AdamW. The preset is nothing but the
+    schema's defaults of type qlora (quantize, double_quant, optimizer); the code is LoRA's."""

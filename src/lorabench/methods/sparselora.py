@@ -19,6 +19,7 @@ import torch
 from lorabench.ffn_sparsity import FFN_MAPS, FFNSparsity, compute_predictors, find_blocks, load_predictors
 from lorabench.methods.base import register
 from lorabench.methods.lora import LoRA
+from lorabench.schema import method_defaults
 
 
 class LayerSettingError(ValueError):
@@ -31,8 +32,10 @@ class LayerSettingError(ValueError):
 
 def layer_sparsities(params: dict, num_layers: int) -> list[float]:
     """Per-layer FFN sparsity from ``ffn_sparsity`` (one value or one per layer) and ``dense_layers``
-    (indices, negative from the end, that stay dense). Raises LayerSettingError naming the key."""
-    value = params.get("ffn_sparsity", 0.5)
+    (indices, negative from the end, that stay dense), each the schema's default where ``params`` lacks it.
+    Raises LayerSettingError naming the key."""
+    params = {**method_defaults("sparselora"), **params}
+    value = params["ffn_sparsity"]
     if isinstance(value, list):
         if len(value) != num_layers:
             raise LayerSettingError("ffn_sparsity", f"{len(value)} values for a model with {num_layers} layers "
@@ -40,7 +43,7 @@ def layer_sparsities(params: dict, num_layers: int) -> list[float]:
         sparsities = [float(v) for v in value]
     else:
         sparsities = [float(value)] * num_layers
-    for index in params.get("dense_layers", [0, -1]):
+    for index in params["dense_layers"]:
         if not -num_layers <= index < num_layers:
             raise LayerSettingError("dense_layers", f"index {index} is outside the model's {num_layers} layers "
                                     f"(allowed: {-num_layers}..{num_layers - 1})")
@@ -70,12 +73,12 @@ class SparseLoRA(LoRA):
         if path:  # the predictor rule's file (the pipeline)
             predictors = load_predictors(path)
         else:  # computed here, the same way (tests, benchmarks)
-            calibrated = self.params.get("predictor", "calibrated") == "calibrated"
-            predictors = compute_predictors(base, model_type, self.params.get("predictor_rank", 16),
+            calibrated = self.params["predictor"] == "calibrated"
+            predictors = compute_predictors(base, model_type, self.params["predictor_rank"],
                                             calibration() if calibrated else None)
         num_layers = len(find_blocks(base, FFN_MAPS[model_type]))
         self.sparsity = FFNSparsity(base, model_type, layer_sparsities(self.params, num_layers), predictors)
-        self.warmup_steps = math.ceil(self.params.get("warmup_frac", 0.1) * total_steps)
+        self.warmup_steps = math.ceil(self.params["warmup_frac"] * total_steps)
         self.sparsity.sparse = step >= self.warmup_steps
 
     def on_optimizer_step(self, model, step: int, total_steps: int) -> None:
@@ -91,8 +94,8 @@ class SparseLoRA(LoRA):
                 "ffn_sparse_layers": len(sparse_layers),
                 "ffn_matmul_fraction": s.matmul_fraction(),
                 "dense_warmup_steps": self.warmup_steps,
-                "predictor_rank": self.params.get("predictor_rank", 16),
-                "predictor": self.params.get("predictor", "calibrated"),
+                "predictor_rank": self.params["predictor_rank"],
+                "predictor": self.params["predictor"],
             }
             s.remove()  # the trained model is plain LoRA again: evaluated and saved dense
             self.sparsity = None
