@@ -1,4 +1,5 @@
 import copy
+import re
 
 import pytest
 
@@ -7,7 +8,7 @@ from lorabench.config import ConfigError, validate_config
 from conftest import REPO, SNAPSHOTS, load_yaml, smoke_config, snakemake, write_config
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "configs/smoke.yaml", "configs/paper.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "configs/smoke.yaml", "configs/paper.yaml", "configs/sweeps.yaml"])
 def test_shipped_configs_are_valid(name, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     cfg = load_yaml(REPO / name)
@@ -84,6 +85,19 @@ BAD_CONFIGS = [
      {"type": "lora", "lr": 1e-3, "r": 2, "alpha": 4, "dropout": 0.0, "quantize": "int8", "compute_dtype": "float32"},
      ["methods.my_int8.compute_dtype", "'int8'"]),
     ("unknown optimizer", "methods.lora.optimizer", "sgd", ["methods.lora.optimizer", "paged_adamw"]),
+    ("AdaLoRA target rank above its initial rank", "methods.ada",
+     {"type": "adalora", "lr": 1e-3, "alpha": 8, "dropout": 0.0, "init_r": 4, "target_r": 8},
+     ["methods.ada.target_r", "init_r 4"]),
+    ("AdaLoRA initial rank above the layer width", "methods.ada",
+     {"type": "adalora", "lr": 1e-3, "alpha": 8, "dropout": 0.0, "init_r": 500, "target_r": 8},
+     ["methods.ada.init_r", "384"]),
+    ("a PEFT config field PEFT does not know", "methods.vera",
+     {"type": "peft", "lr": 1e-3, "peft_config": {"peft_type": "VERA", "rank": 8}},
+     ["methods.vera.peft_config", "VeraConfig", "'rank'"]),
+    ("a PEFT method that does not exist", "methods.vera",
+     {"type": "peft", "lr": 1e-3, "peft_config": {"peft_type": "VERAA"}}, ["methods.vera.peft_config", "VERAA", "LOHA"]),
+    ("a PEFT config without its type", "methods.vera", {"type": "peft", "lr": 1e-3, "peft_config": {"r": 8}},
+     ["methods.vera.peft_config", "peft_type"]),
 ]
 
 
@@ -156,3 +170,19 @@ def test_quantize_is_one_axis_and_qlora_is_its_preset():
     assert methods["lora"]["quantize"] == "none" and methods["lora"]["optimizer"] == "adamw"
     assert methods["qlora_int8"]["quantize"] == "int8"  # the preset's double_quant is not held against int8
     assert methods["qhira"]["quantize"] == "fp4"
+
+
+def test_sweeps_plan_the_brief_s_curves(tmp_path):
+    """configs/sweeps.yaml plans at least 30 training jobs over the three axes (a dry run: nothing trains)."""
+    cfg = load_yaml(REPO / "configs/sweeps.yaml")
+    cfg["snapshots"] = str(SNAPSHOTS)
+    proc = snakemake(tmp_path, write_config(tmp_path / "sweeps.yaml", cfg), "-n", "--quiet", "rules", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_jobs = int(re.search(r"^train\s+(\d+)", proc.stdout + proc.stderr, re.M).group(1))
+    assert train_jobs >= 30
+    methods = validate_config(cfg)["methods"]
+    sparsities = {p["sparsity"] for p in methods.values() if p["type"] == "sparse_lora_magnitude"}
+    assert sparsities == {0.25, 0.5, 0.75, 0.9}
+    assert {p["r"] for p in methods.values() if p["type"] == "hira"} == {2, 4, 8, 16, 32}
+    assert {p["r"] for p in methods.values() if p["type"] == "lora" and p["quantize"] == "none"} == {2, 4, 8, 16, 32}
+    assert {p["quantize"] for p in methods.values()} == {"none", "int8", "nf4", "fp4"}

@@ -18,11 +18,11 @@ PARAMS = {"lr": 1e-3, "r": 8, "alpha": 16, "dropout": 0.0, "compute_dtype": None
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak-RSS counter")
 def test_each_phase_sees_its_own_peak_not_the_ones_before():
-    memory = PhaseMemory(CPU)
+    memory = PhaseMemory(CPU)  # models earlier tests left behind are freed before the baseline is read
     assert memory.note == "" and memory.baseline_mb > 100  # taken after torch, transformers, peft, datasets
     memory.start()
-    big = torch.ones(50 * 2**20)  # 200 MB, written: resident
-    assert 190 < memory.peak_mb() < 400
+    big = torch.ones(50 * 2**20)  # 210 MB, written: resident (a little may reuse pages freed before)
+    assert 180 < memory.peak_mb() < 400
     del big
     gc.collect()
     memory.start()  # a new phase: the 200 MB of the last one no longer count

@@ -32,6 +32,8 @@ PARAMS = {
     "qlora": {"lr": 2e-3, "r": 4, "alpha": 8, "dropout": 0.0},
     "sparselora": {"lr": 2e-3, "r": 4, "alpha": 8, "dropout": 0.0, "ffn_sparsity": 0.75, "warmup_frac": 0.25},
     "hira": {"lr": 2e-2, "r": 4, "dropout": 0.0},
+    "adalora": {"lr": 2e-3, "alpha": 8, "dropout": 0.0, "init_r": 6, "target_r": 2},
+    "peft": {"lr": 5e-3, "peft_config": {"peft_type": "LOHA", "r": 4, "alpha": 8}},  # any PEFT method: LoHa here
     "full_ft": {"lr": 5e-5},
 }
 

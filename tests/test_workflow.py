@@ -56,7 +56,7 @@ def test_two_variants_of_one_type_run_side_by_side(smoke_run):
         a, b = (smoke_run / "results" / "runs" / dataset / m / "seed0" / "model" / "adapter_model.safetensors"
                 for m in ("lora", "lora_r2"))
         assert a.read_bytes() != b.read_bytes()
-    assert set(df[df["method_type"] != df["method"]]["method"]) == {"lora_r2", "qhira"}
+    assert set(df[df["method_type"] != df["method"]]["method"]) == {"lora_r2", "qhira", "vera"}
     by_method = pd.read_csv(smoke_run / "results" / "summary_by_method.csv")
     assert {"lora", "lora_r2"} <= set(by_method["method"])
 
@@ -170,6 +170,20 @@ def test_training_flops_are_counted_from_what_each_run_computed(smoke_run):
     assert sparse["ffn_sparse_layers"].to_dict() == {"imdb": 4, "sst2": 4, "wikitext2": 28}  # first, last dense
     assert (smoke_run / "resources/predictors/sst2/minilm/calibrated_rank8.safetensors").is_file()
     assert "## Contextual sparsity (SparseLoRA) against LoRA" in (smoke_run / "results/report.md").read_text()
+
+
+def test_adaptive_rank_and_a_generic_peft_method_run_from_config(smoke_run):
+    df = pd.read_csv(smoke_run / "results" / "summary.csv").set_index(["dataset", "method"])
+    ada = df.xs("adalora", level="method")
+    assert (ada["adalora_init_r"] == 4).all() and (ada["adalora_rank_max"] <= 4).all()
+    # three steps on sst2 and imdb: the budget shrank toward target_r 2; one step on wikitext2: nothing to score
+    assert (ada.loc[["sst2", "imdb"], "adalora_rank_mean"] < 4).all() and ada.loc[["sst2", "imdb"], "adalora_reallocated"].all()
+    assert ada.loc["wikitext2", "adalora_rank_mean"] == 4 and not ada.loc["wikitext2", "adalora_reallocated"]
+    vera = df.xs("vera", level="method")
+    assert (vera["method_type"] == "peft").all() and (vera["adapter_params"] > 0).all()
+    assert (vera["trainable_params"] < df.xs("lora", level="method")["trainable_params"]).all()  # VeRA's point
+    assert (smoke_run / "results" / "figures" / "adalora_ranks.png").stat().st_size > 1000
+    assert "figures/adalora_ranks.png" in (smoke_run / "results" / "report.md").read_text()
 
 
 def test_statistics_report_and_figures(smoke_run):

@@ -139,10 +139,27 @@ def _semantic_checks(config: dict) -> None:
             f"config key 'baseline_method': '{config['baseline_method']}' is not among the configured methods "
             f"({', '.join(config['methods'])})"
         )
+    _check_adapter_settings(config)
     _check_precision(config)
     _check_sources(config)
     _check_ranks(config)
     _check_contextual_sparsity(config)
+
+
+def _check_adapter_settings(config: dict) -> None:
+    """Settings that only make sense together (AdaLoRA's ranks), and generic PEFT configs, checked by PEFT."""
+    for name, params in config["methods"].items():
+        if params["type"] == "adalora" and params["target_r"] > params["init_r"]:
+            raise ConfigError(
+                f"config key 'methods.{name}.target_r': {params['target_r']} exceeds init_r {params['init_r']}; "
+                "AdaLoRA prunes ranks from init_r down to target_r (allowed: 1..init_r)")
+        if params["type"] == "peft":
+            from lorabench.methods.peft_generic import PeftConfigError, make_peft_config
+
+            try:
+                make_peft_config(params["peft_config"], None, None, None)
+            except PeftConfigError as err:
+                raise ConfigError(f"config key 'methods.{name}.peft_config': {err}") from None
 
 
 def _check_precision(config: dict) -> None:
@@ -195,11 +212,11 @@ def _check_ranks(config: dict) -> None:
         if width is None:
             continue
         for name, params in config["methods"].items():
-            if params.get("r", 0) > width:
-                raise ConfigError(
-                    f"config key 'methods.{name}.r': rank {params['r']} exceeds the smallest adapted layer width "
-                    f"{width} of model '{ds['model']}' (dataset {ds_name}); allowed: 1..{width}"
-                )
+            for key in ("r", "init_r"):
+                if params.get(key, 0) > width:
+                    raise ConfigError(
+                        f"config key 'methods.{name}.{key}': rank {params[key]} exceeds the smallest adapted layer "
+                        f"width {width} of model '{ds['model']}' (dataset {ds_name}); allowed: 1..{width}")
 
 
 def _check_contextual_sparsity(config: dict) -> None:

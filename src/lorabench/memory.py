@@ -53,6 +53,10 @@ class PhaseMemory:
         import_libraries()
         self.device = device
         self.resettable = device.type == "cuda" or _reset_high_water_mark()
+        # What start() will hand back to the kernel must not sit in the baseline either: a baseline that holds
+        # freed heap would understate every later phase by that much (or make it negative).
+        gc.collect()
+        _malloc_trim()
         rss = _status_kb("VmRSS")
         self.baseline_mb = rss / 1024 if rss is not None else math.nan
         self.note = "" if self.resettable and rss is not None else (

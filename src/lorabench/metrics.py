@@ -33,3 +33,12 @@ def perplexity(nll_sum, token_count) -> float:
     if total_tokens <= 0:
         raise ValueError("perplexity over zero tokens")
     return float(math.exp(float(np.sum(nll_sum)) / total_tokens))
+
+
+#: Adapter types whose variants differ in adapter sparsity (figures and the discussion put them on that axis).
+SPARSE_ADAPTER_TYPES = ("sparse_lora_l1", "sparse_lora_magnitude", "sparse_lora_structured")
+
+
+def primary_metric(task: str) -> tuple[str, bool]:
+    """(column, higher is better) of a task's headline metric."""
+    return ("accuracy", True) if task == "classification" else ("perplexity", False)

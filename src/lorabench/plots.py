@@ -3,8 +3,14 @@ point shape per variant (config key) where a type has several."""
 
 from __future__ import annotations
 
+import re
+from typing import Iterable
+
 import pandas as pd
 import plotnine as p9
+
+from lorabench.metrics import SPARSE_ADAPTER_TYPES
+from lorabench.stats import pareto_front
 
 METHOD_COLOURS = {
     "full_ft": "#000000",
@@ -15,9 +21,62 @@ METHOD_COLOURS = {
     "qlora": "#2ca02c",
     "hira": "#8c564b",
     "sparselora": "#e377c2",
+    "adalora": "#17becf",
+    "peft": "#bcbd22",
 }
 
+#: Figures drawn for every config.
 FIGURES = ["metric_vs_trainable_params", "throughput_vs_metric", "train_time", "memory", "pareto_memory_metric"]
+
+
+
+
+def figures_for(method_types: Iterable[str], quantize: Iterable[str] = ()) -> list[str]:
+    """Every figure a config gets: the common ones, and those of what it runs (the method types of its
+    variants, and the quantize settings of their bases)."""
+    types, bits = set(method_types), set(quantize) - {"none", None}
+    return (FIGURES + (["adalora_ranks"] if "adalora" in types else [])
+            + (["metric_vs_sparsity"] if types & set(SPARSE_ADAPTER_TYPES) else [])
+            + (["bits"] if bits or "qlora" in types else []))
+
+
+def adalora_rank_table(train_metric_files) -> pd.DataFrame:
+    """One row per (dataset, method, seed, adapted layer) with its final AdaLoRA rank, from the training jobs'
+    metrics (the per-layer ranks are too many columns for the summary)."""
+    from lorabench.utils import read_json
+
+    rows = []
+    for f in train_metric_files:
+        m = read_json(f)
+        for name, rank in m.get("adalora_layer_ranks", {}).items():
+            block = re.search(r"\.(\d+)\.(.+)$", name)
+            rows.append({"dataset": m["dataset"], "method": m["method"], "seed": m["seed"],
+                         "block": int(block.group(1)) if block else -1,
+                         "module": block.group(2) if block else name.split("model.", 1)[-1], "rank": rank,
+                         "init_r": m.get("adalora_init_r")})
+    return pd.DataFrame(rows)
+
+
+def draw_adalora_ranks(train_metric_files, out_prefix) -> None:
+    """Final rank of every adapted layer (mean over seeds): where AdaLoRA spent its budget."""
+    t = adalora_rank_table(train_metric_files)
+    if t.empty:
+        t = pd.DataFrame({"dataset": ["none"], "method": ["none"], "block": [0], "module": ["no AdaLoRA run"],
+                          "rank": [0.0], "init_r": [0]})
+    mean = t.groupby(["dataset", "method", "block", "module"], as_index=False)["rank"].mean()
+    mean["block"] = mean["block"].map(lambda b: "other" if b < 0 else str(b))
+    mean["label"] = mean["rank"].map(lambda r: f"{r:.1f}".rstrip("0").rstrip("."))
+    order = sorted(mean["block"].unique(), key=lambda b: (b == "other", int(b) if b != "other" else 0))
+    mean["block"] = pd.Categorical(mean["block"], categories=order)
+    panels = mean[["dataset", "method"]].drop_duplicates().shape[0]
+    _save(p9.ggplot(mean, p9.aes("block", "module", fill="rank")) + p9.geom_tile(colour="white")
+          + p9.geom_text(p9.aes(label="label"), size=7)
+          + p9.scale_fill_gradient(low="#f7fbff", high="#08306b", name="final rank")
+          + p9.facet_wrap("~dataset + method", scales="free")
+          + p9.labs(x="transformer block", y="adapted layer",
+                    title=f"AdaLoRA: final rank per layer (mean over seeds; started at init_r = "
+                          f"{', '.join(map(str, sorted(t['init_r'].dropna().unique())))})")
+          + p9.theme_bw() + p9.theme(figure_size=(12, max(3.0, 2.2 * min(panels, 3)))), out_prefix)
 
 
 def task_metric(df: pd.DataFrame) -> pd.DataFrame:
@@ -60,28 +119,26 @@ def _save(plot, out_prefix) -> None:
     plot.save(f"{out_prefix}.svg", verbose=False)
 
 
-def pareto_front(points: pd.DataFrame, cost: str, value: str, higher_is_better: bool) -> pd.Series:
-    """True for points no other point beats on both lower cost and better value."""
-    sign = 1 if higher_is_better else -1
-    front = []
-    for _, p in points.iterrows():
-        dominated = ((points[cost] <= p[cost]) & (sign * points[value] >= sign * p[value])
-                     & ((points[cost] < p[cost]) | (sign * points[value] > sign * p[value]))).any()
-        front.append(not dominated)
-    return pd.Series(front, index=points.index)
-
-
-def draw_all(summary_csv, out_dir) -> None:
+def draw_all(summary_csv, out_dir, adalora_metrics=(), baseline: str = "lora") -> None:
+    """Every figure of ``figures_for`` the summary's method types; ``adalora_metrics`` are the training-metrics
+    files of the AdaLoRA runs (their per-layer ranks)."""
     df = task_metric(pd.read_csv(summary_csv))
     if "method_type" not in df:  # summaries from before typed variants: the key was the type
         df["method_type"] = df["method"]
-    cols = ["metric", "trainable_params", "train_time_s", "peak_train_mem_mb", "peak_infer_mem_mb", "throughput_per_s"]
+    if "quantize" not in df:
+        df["quantize"] = "none"
+    df["quantize"] = df["quantize"].fillna("none")
+    cols = ["metric", "trainable_params", "train_time_s", "peak_train_mem_mb", "peak_infer_mem_mb", "throughput_per_s",
+            "adapter_sparsity", "adapter_params", "base_weight_bits"]
     s = seed_summary(df, [c for c in cols if c in df])
+    s = s.merge(df.drop_duplicates("method")[["method", "quantize"]], on="method", how="left")
     # Tall enough for both legends (one entry per method type, one per variant).
     height = max(4.0, 1.2 + 0.24 * (s["method"].nunique() + s["method_type"].nunique()))
     errorbar = p9.geom_errorbar(p9.aes(ymin="metric_lo", ymax="metric_hi"), width=0.04)
     by_type = {"colour": "method_type", "shape": "method"}
-    _save(p9.ggplot(s, p9.aes("trainable_params", "metric", **by_type)) + errorbar + p9.geom_point(size=3)
+    # One curve per type through its variants (rank sweeps give a curve; a single variant is a point).
+    curves = p9.geom_line(p9.aes(group="method_type"), data=s.sort_values("trainable_params"), alpha=0.6)
+    _save(p9.ggplot(s, p9.aes("trainable_params", "metric", **by_type)) + curves + errorbar + p9.geom_point(size=3)
           + p9.scale_x_log10() + p9.facet_wrap("~panel", scales="free")
           + p9.labs(x="trainable parameters (count, log scale)", y="task metric (mean over seeds, 95% CI)",
                     title="Task metric vs trainable parameters") + _theme(12, height),
@@ -125,3 +182,61 @@ def draw_all(summary_csv, out_dir) -> None:
           + p9.labs(x="peak training memory (MB)", y="task metric (mean, 95% CI)",
                     title="Memory vs task metric: the Pareto frontier (diamonds, grey line)") + _theme(),
           f"{out_dir}/pareto_memory_metric")
+    wanted = figures_for(df["method_type"], df["quantize"])
+    if "adalora_ranks" in wanted:
+        draw_adalora_ranks(adalora_metrics, f"{out_dir}/adalora_ranks")
+    if "metric_vs_sparsity" in wanted:
+        draw_sparsity(s, baseline, f"{out_dir}/metric_vs_sparsity", height)
+    if "bits" in wanted:
+        draw_bits(s, baseline, f"{out_dir}/bits")
+
+
+def _sparsity_curves(s: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Points of every sparse type against measured adapter sparsity; the baseline (dense LoRA with the same
+    adapter) starts each type's curve at its own sparsity."""
+    sparse = s[s["method_type"].isin(SPARSE_ADAPTER_TYPES)]
+    base = s[s["method"] == baseline]
+    starts = [base.assign(method_type=t) for t in sparse["method_type"].unique()] if len(base) else []
+    return pd.concat([sparse, *starts], ignore_index=True)
+
+
+def draw_sparsity(s: pd.DataFrame, baseline: str, out_prefix, height: float) -> None:
+    c = _sparsity_curves(s, baseline).sort_values("adapter_sparsity")
+    _save(p9.ggplot(c, p9.aes("adapter_sparsity", "metric", colour="method_type"))
+          + p9.geom_line() + p9.geom_point(size=2.5)
+          + p9.geom_errorbar(p9.aes(ymin="metric_lo", ymax="metric_hi"), width=0.015)
+          + p9.facet_wrap("~panel", scales="free")
+          + p9.labs(x="adapter sparsity (measured fraction of zero adapter weights, mean over seeds)",
+                    y="task metric (mean over seeds, 95% CI)",
+                    title=f"Task metric against adapter sparsity (the curves start at {baseline}, the dense adapter)")
+          + _theme(12, height), out_prefix)
+
+
+def _bits_label(row) -> str:
+    return "32 (none)" if row["quantize"] == "none" else f"{int(row['base_weight_bits'])} ({row['quantize']})"
+
+
+def draw_bits(s: pd.DataFrame, baseline: str, out_prefix) -> None:
+    """The baseline's adapter on every base it ran on: metric and peak training memory against base bits."""
+    base = s[s["method"] == baseline]
+    if base.empty:
+        return
+    family = s[s["method_type"].isin([baseline_type := base["method_type"].iloc[0], "qlora"])
+               & (s["adapter_params"] == base["adapter_params"].iloc[0])].copy()
+    family["bits"] = family.apply(_bits_label, axis=1)
+    order = sorted(family["bits"].unique(), key=lambda b: (-int(b.split(" ")[0]), b))
+    parts = []
+    for quantity, col in (("task metric", "metric"), ("peak training memory (MB)", "peak_train_mem_mb")):
+        part = family[["panel", "method", "method_type", "bits", col, f"{col}_lo", f"{col}_hi"]].copy()
+        part.columns = ["panel", "method", "method_type", "bits", "value", "lo", "hi"]
+        part["quantity"] = quantity
+        parts.append(part)
+    long = pd.concat(parts)
+    long["bits"] = pd.Categorical(long["bits"], categories=order)
+    _save(p9.ggplot(long, p9.aes("bits", "value", colour="method_type")) + p9.geom_point(size=3)
+          + p9.geom_errorbar(p9.aes(ymin="lo", ymax="hi"), width=0.15)
+          + p9.facet_grid("quantity~panel", scales="free_y")
+          + p9.labs(x="bits per weight of the frozen base (quantization)", y="mean over seeds, 95% CI",
+                    title=f"{baseline_type} with its adapter ({int(base['adapter_params'].iloc[0]):,} parameters) "
+                          "on a full-precision, 8-bit and 4-bit base")
+          + _theme(12, 6), out_prefix)

@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 
 from lorabench import stats
-from lorabench.plots import FIGURES
+from lorabench.discussion import discussion_lines
+from lorabench.metrics import primary_metric
+from lorabench.plots import figures_for
 
 SUMMARY_METRICS = [
     "accuracy", "macro_f1", "perplexity", "trainable_params", "adapter_params", "head_params", "total_params",
@@ -18,11 +20,6 @@ SUMMARY_METRICS = [
     "throughput_merged_per_s", "adapter_size_mb", "model_size_mb", "flops_per_example", "train_flops",
     "device_hours", "cost_usd", "adapter_sparsity", "effective_rank",
 ]
-
-
-def primary_metric(task: str) -> tuple[str, bool]:
-    """(column, higher is better) of a task's headline metric."""
-    return ("accuracy", True) if task == "classification" else ("perplexity", False)
 
 
 def summary_by_method(summary: pd.DataFrame) -> pd.DataFrame:
@@ -171,25 +168,6 @@ def contextual_sparsity_sentences(summary: pd.DataFrame, reference: str = "lora"
     return out
 
 
-def scenario_winners(by_method: pd.DataFrame) -> list[str]:
-    out = []
-    for dataset, g in by_method.groupby("dataset"):
-        metric, higher = primary_metric(g["task"].iloc[0])
-        col = f"{metric}_mean"
-        if col not in g:
-            continue
-        best = g.loc[g[col].idxmax() if higher else g[col].idxmin()]
-        lines = [f"best {metric}: **{best['method']}** ({_fmt(best[col])})"]
-        for label, c in (("least training memory", "peak_train_mem_mb_mean"), ("fastest training", "train_time_s_mean"),
-                         ("smallest artifact to ship", "adapter_size_mb_mean"),
-                         ("highest inference throughput", "throughput_per_s_mean")):
-            if c in g and g[c].notna().any():
-                w = g.loc[g[c].idxmax() if "throughput" in c else g[c].idxmin()]
-                lines.append(f"{label}: **{w['method']}** ({_fmt(w[c])})")
-        out.append(f"- **{dataset}**: " + "; ".join(lines) + ".")
-    return out
-
-
 def _precision_note(summary: pd.DataFrame) -> str:
     """', in bf16 (config: auto)' etc.: the precision the runs trained, evaluated and were timed in."""
     if "precision" not in summary:
@@ -223,7 +201,7 @@ def write_report(summary_csv, runs_dir, baseline: str, out_by_method, out_signif
         f"{summary['device'].iloc[0]}{_precision_note(summary)}. Means over seeds with 95% t-intervals; every "
         "number below is computed, none typed by hand. How each metric is measured: docs/methodology.md.", "",
         "## Trade-offs against the baseline", "", *[f"- {s}" for s in tradeoff_sentences(by_method, sig, baseline)], "",
-        "## Which method wins where", "", *scenario_winners(by_method), "",
+        *discussion_lines(summary, baseline),
     ]
     sparse = contextual_sparsity_sentences(summary)
     if sparse:
@@ -249,5 +227,6 @@ def write_report(summary_csv, runs_dir, baseline: str, out_by_method, out_signif
     if len(reasons):
         lines += ["## Learning rates that differ, and why", ""]
         lines += [f"- {r.method}: lr {r.lr:g}: {r.lr_reason}" for r in reasons.itertuples()] + [""]
-    lines += ["## Figures", ""] + [f"![{f}]({figures_dir}/{f}.png)" for f in FIGURES] + [""]
+    lines += ["## Figures", ""] + [f"![{f}]({figures_dir}/{f}.png)" for f in figures_for(
+        summary.get("method_type", summary["method"]), summary.get("quantize", pd.Series(dtype=str)).fillna("none"))] + [""]
     Path(out_md).write_text("\n".join(lines))

@@ -85,3 +85,14 @@ def holm(pvalues) -> np.ndarray:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out
+
+
+def pareto_front(points: pd.DataFrame, cost: str, value: str, higher_is_better: bool) -> pd.Series:
+    """True for points no other point beats on both lower cost and better value."""
+    sign = 1 if higher_is_better else -1
+    front = []
+    for _, p in points.iterrows():
+        dominated = ((points[cost] <= p[cost]) & (sign * points[value] >= sign * p[value])
+                     & ((points[cost] < p[cost]) | (sign * points[value] > sign * p[value]))).any()
+        front.append(not dominated)
+    return pd.Series(front, index=points.index)

@@ -139,15 +139,18 @@ def forward_backward(model, method, batch: dict, precision: Precision, scaler,
     return loss.detach().float(), total.detach()
 
 
-def optimizer_step(params, optimizer, scheduler, scaler, max_grad_norm: float) -> bool:
-    """Unscale (fp16), clip, step, schedule, zero the gradients. False when fp16 loss scaling skipped the
-    step because the gradients overflowed (the scaler then lowers its scale); always True otherwise."""
+def optimizer_step(params, optimizer, scheduler, scaler, max_grad_norm: float, before_zero_grad=None) -> bool:
+    """Unscale (fp16), clip, step, schedule, call ``before_zero_grad()`` (methods that read the step's
+    gradients), zero the gradients. False when fp16 loss scaling skipped the step because the gradients
+    overflowed (the scaler then lowers its scale); always True otherwise."""
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     scale = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
+    if before_zero_grad is not None:
+        before_zero_grad()
     optimizer.zero_grad(set_to_none=True)
     return scale is None or scaler.get_scale() >= scale
 
@@ -211,7 +214,9 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
             running += loss.item() / settings.grad_accum_steps
             if (i + 1) % settings.grad_accum_steps and i + 1 < len(batches):
                 continue
-            if not optimizer_step(params, optimizer, scheduler, scaler, settings.max_grad_norm):
+            step = progress.step + 1
+            if not optimizer_step(params, optimizer, scheduler, scaler, settings.max_grad_norm,
+                                  lambda: method.on_gradients(model, step, total_steps)):
                 progress.skipped_steps += 1
             progress.step += 1
             progress.batch = i + 1

@@ -1,5 +1,8 @@
 # Gather every run into tables, statistics, figures and the report (CPU only, cheap).
-from lorabench.plots import FIGURES
+from lorabench.plots import figures_for
+
+FIGURES = figures_for([params["type"] for params in config["methods"].values()],
+                      [params.get("quantize", "none") for params in config["methods"].values()])
 
 
 rule aggregate:
@@ -39,12 +42,14 @@ rule statistics:
 rule plot:
     input:
         summary="results/summary.csv",
+        adalora=all_runs(f"{RUN}/train_metrics.json", types=["adalora"]),
     output:
         **{f"{f}_png": report(f"results/figures/{f}.png", caption=f"../report/{f}.rst", category="Figures")
            for f in FIGURES},
         **{f"{f}_svg": f"results/figures/{f}.svg" for f in FIGURES},
     params:
         out_dir="results/figures",
+        baseline=config["baseline_method"],
     log:
         "results/logs/plot.log",
     benchmark:

@@ -22,7 +22,9 @@ def register(name: str):
     return deco
 
 
-ADAPTER_MARKERS = ("lora_", "hira_")
+#: PEFT's name of the one adapter every method here trains: each adapter weight has it as a path segment
+#: (lora_A.default.weight, vera_lambda_b.default, hada_w1_a.default), whatever the PEFT method.
+ADAPTER_NAME = "default"
 
 
 def count_parameters(model: torch.nn.Module, head_modules: list[str]) -> dict[str, int]:
@@ -32,10 +34,10 @@ def count_parameters(model: torch.nn.Module, head_modules: list[str]) -> dict[st
         if not p.requires_grad:
             continue
         n = p.numel()
-        if any(m in name for m in ADAPTER_MARKERS):
-            adapter += n
-        elif any(f".{h}." in f".{name}" for h in head_modules):
+        if any(f".{h}." in f".{name}" for h in head_modules):  # first: PEFT's head copies hold 'default' too
             head += n
+        elif ADAPTER_NAME in name.split("."):
+            adapter += n
         else:
             other += n
     # 4-bit weights are packed two per byte; count the logical elements so totals compare across methods.
@@ -127,6 +129,9 @@ class Method:
     def regularization(self, model: torch.nn.Module) -> torch.Tensor | None:
         """Extra loss added to the task loss (e.g. L1 on adapters); None for none."""
         return None
+
+    def on_gradients(self, model: torch.nn.Module, step: int, total_steps: int) -> None:
+        """Called after optimizer step ``step`` while its gradients still exist (AdaLoRA's importance scores)."""
 
     def on_optimizer_step(self, model: torch.nn.Module, step: int, total_steps: int) -> None:
         """Called after every optimizer step (pruning schedules, masks)."""
