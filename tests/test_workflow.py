@@ -197,8 +197,13 @@ def test_statistics_report_and_figures(smoke_run):
     assert {"p_paired_t", "p_mcnemar_exact", "p_paired_t_holm", "p_mcnemar_exact_holm"} <= set(sig.columns)
     assert sig.loc[sig["metric"] == "accuracy", "p_mcnemar_exact"].between(0, 1).all()
     report = (res / "report.md").read_text()
-    for heading in ("## Trade-offs against the baseline", "## Which method wins where", "## Significance against lora"):
+    for heading in ("## Trade-offs against the baseline", "## Which method wins where", "## Significance against lora",
+                    "## Discussion", "### What does adapter sparsity cost?", "### What these results do not show"):
         assert heading in report
+    # one seed: the sparsity verdicts and the paired comparisons say what is missing instead of guessing
+    assert "**sst2**, sparse_lora_magnitude: Not enough data: lora ran one seed, so it has no interval." in report
+    assert "qlora, nf4 base with double quantization against lora: accuracy" in report
+    assert "(Not enough data: fewer than two shared seeds, no interval, no test)" in report
     for f in FIGURES:
         for ext in ("png", "svg"):
             assert (res / "figures" / f"{f}.{ext}").stat().st_size > 1000, f

@@ -11,10 +11,8 @@ import numpy as np
 import pandas as pd
 
 from lorabench import stats
-from lorabench.metrics import SPARSE_ADAPTER_TYPES, primary_metric
+from lorabench.metrics import ADAPTER_FAMILY, SPARSE_ADAPTER_TYPES, primary_metric, quantize_column
 
-#: Types that are the same adapter as another, with a setting preset (matched to it when comparing).
-FAMILY = {"qlora": "lora"}
 NOT_ENOUGH = "Not enough data"
 
 
@@ -53,11 +51,8 @@ class Runs:
         df = summary.copy()
         if "method_type" not in df:
             df["method_type"] = df["method"]
-        if "quantize" not in df:  # summaries from before the quantize axis: the bits say it
-            bits = df.get("base_weight_bits", pd.Series(32, index=df.index)).fillna(32)
-            df["quantize"] = ["none" if b >= 16 else f"{int(b)}-bit" for b in bits]
-        df["quantize"] = df["quantize"].fillna("none")
-        df["family"] = df["method_type"].map(lambda t: FAMILY.get(t, t))
+        df["quantize"] = quantize_column(df)
+        df["family"] = df["method_type"].map(lambda t: ADAPTER_FAMILY.get(t, t))
         self.df, self.baseline = df, baseline
 
     def datasets(self):
@@ -135,7 +130,8 @@ def quantization_findings(runs: Runs) -> list[str]:
         v = runs.variants(g)
         for row in v[v["quantize"] != "none"].itertuples():
             ref = runs.reference(g, row.family, row.adapter_params)
-            what = f"{_label(row)}, {row.quantize} base{' with double quantization' if getattr(row, 'double_quant', False) is True else ''}"
+            double = bool(getattr(row, "double_quant", False) == True)  # noqa: E712  (NaN and numpy bools)
+            what = f"{_label(row)}, {row.quantize} base{' with double quantization' if double else ''}"
             if ref is None:
                 out.append(f"**{dataset}**: {what}: {NOT_ENOUGH}: no full-precision {row.family} variant with "
                            f"{_num(row.adapter_params)} adapter parameters.")
@@ -150,8 +146,9 @@ def quantization_findings(runs: Runs) -> list[str]:
             seeds = sorted(set(a.index) & set(b.index))
             sentence += f"; peak training memory ratio {_with_ci(a.loc[seeds] / b.loc[seeds])}"
             if "merge_error_rel" in g and not pd.isna(row.merge_error_rel):
-                sentence += (f"; merging would lose {_with_ci(runs.series(g, row.method, 'merge_error_rel'))} of "
-                             "the adapter's effect (so it is deployed unmerged)")
+                sentence += (f"; merging would move the weights off the adapted ones by "
+                             f"{_with_ci(runs.series(g, row.method, 'merge_error_rel'))} times the adapter's own "
+                             "change (merge_error_rel; so it is deployed unmerged)")
             out.append(sentence + ".")
     return out or [f"{NOT_ENOUGH}: every variant runs on a full-precision base (set quantize: nf4, fp4 or int8)."]
 
@@ -230,7 +227,8 @@ def limits(runs: Runs) -> list[str]:
     """What these runs cannot show, computed from what they are."""
     df = runs.df
     seeds = df.groupby(["dataset", "method"])["seed"].nunique()
-    out = [f"{seeds.min()} to {seeds.max()} seeds per variant: an interval from so few seeds is wide, and a "
+    count = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()} to {seeds.max()}"
+    out = [f"{count} seed{'s' if seeds.max() > 1 else ''} per variant: an interval from so few seeds is wide, and a "
            "difference inside it is not evidence of no difference."]
     if "train_steps" in df:
         steps = df.groupby("dataset")["train_steps"].max()

@@ -35,6 +35,10 @@ def perplexity(nll_sum, token_count) -> float:
     return float(math.exp(float(np.sum(nll_sum)) / total_tokens))
 
 
+#: Method types that are another type with some settings preset (qlora is LoRA on a 4-bit base): compared and
+#: drawn as that type's variants.
+ADAPTER_FAMILY = {"qlora": "lora"}
+
 #: Adapter types whose variants differ in adapter sparsity (figures and the discussion put them on that axis).
 SPARSE_ADAPTER_TYPES = ("sparse_lora_l1", "sparse_lora_magnitude", "sparse_lora_structured")
 
@@ -42,3 +46,14 @@ SPARSE_ADAPTER_TYPES = ("sparse_lora_l1", "sparse_lora_magnitude", "sparse_lora_
 def primary_metric(task: str) -> tuple[str, bool]:
     """(column, higher is better) of a task's headline metric."""
     return ("accuracy", True) if task == "classification" else ("perplexity", False)
+
+
+def quantize_column(df):
+    """The summary's ``quantize`` column, with summaries from before the quantize axis read from the bits of
+    the base ('4-bit'); full precision is 'none'."""
+    import pandas as pd
+
+    if "quantize" in df:
+        return df["quantize"].fillna("none")
+    bits = df["base_weight_bits"].fillna(32) if "base_weight_bits" in df else pd.Series(32, index=df.index)
+    return pd.Series(["none" if b >= 16 else f"{int(b)}-bit" for b in bits], index=df.index)

@@ -9,7 +9,7 @@ from typing import Iterable
 import pandas as pd
 import plotnine as p9
 
-from lorabench.metrics import SPARSE_ADAPTER_TYPES
+from lorabench.metrics import ADAPTER_FAMILY, SPARSE_ADAPTER_TYPES, quantize_column
 from lorabench.stats import pareto_front
 
 METHOD_COLOURS = {
@@ -25,10 +25,11 @@ METHOD_COLOURS = {
     "peft": "#bcbd22",
 }
 
+#: Point shapes plotnine can tell apart: variants get one each up to this many.
+MAX_SHAPES = 13
+
 #: Figures drawn for every config.
 FIGURES = ["metric_vs_trainable_params", "throughput_vs_metric", "train_time", "memory", "pareto_memory_metric"]
-
-
 
 
 def figures_for(method_types: Iterable[str], quantize: Iterable[str] = ()) -> list[str]:
@@ -125,19 +126,23 @@ def draw_all(summary_csv, out_dir, adalora_metrics=(), baseline: str = "lora") -
     df = task_metric(pd.read_csv(summary_csv))
     if "method_type" not in df:  # summaries from before typed variants: the key was the type
         df["method_type"] = df["method"]
-    if "quantize" not in df:
-        df["quantize"] = "none"
-    df["quantize"] = df["quantize"].fillna("none")
+    df["quantize"] = quantize_column(df)
     cols = ["metric", "trainable_params", "train_time_s", "peak_train_mem_mb", "peak_infer_mem_mb", "throughput_per_s",
             "adapter_sparsity", "adapter_params", "base_weight_bits"]
     s = seed_summary(df, [c for c in cols if c in df])
     s = s.merge(df.drop_duplicates("method")[["method", "quantize"]], on="method", how="left")
     # Tall enough for both legends (one entry per method type, one per variant).
-    height = max(4.0, 1.2 + 0.24 * (s["method"].nunique() + s["method_type"].nunique()))
+    legend = (s["method"].nunique() if s["method"].nunique() <= MAX_SHAPES else 0) + s["method_type"].nunique()
+    height = max(4.0, 1.2 + 0.24 * legend)
     errorbar = p9.geom_errorbar(p9.aes(ymin="metric_lo", ymax="metric_hi"), width=0.04)
-    by_type = {"colour": "method_type", "shape": "method"}
+    # A shape per variant while shapes can tell them apart (plotnine has 13); beyond that colour by type only,
+    # and the curves through each type's variants carry the sweep.
+    by_type = {"colour": "method_type", **({"shape": "method"} if s["method"].nunique() <= MAX_SHAPES else {})}
     # One curve per type through its variants (rank sweeps give a curve; a single variant is a point).
-    curves = p9.geom_line(p9.aes(group="method_type"), data=s.sort_values("trainable_params"), alpha=0.6)
+    # Drawn only through variants that differ in size and share a base (the quantized ones stay points).
+    s["curve"] = s["method_type"] + " / " + s["quantize"]
+    sizes = s.groupby("curve")["trainable_params"].transform("nunique")
+    curves = p9.geom_line(p9.aes(group="curve"), data=s[sizes > 1].sort_values("trainable_params"), alpha=0.6)
     _save(p9.ggplot(s, p9.aes("trainable_params", "metric", **by_type)) + curves + errorbar + p9.geom_point(size=3)
           + p9.scale_x_log10() + p9.facet_wrap("~panel", scales="free")
           + p9.labs(x="trainable parameters (count, log scale)", y="task metric (mean over seeds, 95% CI)",
@@ -188,7 +193,7 @@ def draw_all(summary_csv, out_dir, adalora_metrics=(), baseline: str = "lora") -
     if "metric_vs_sparsity" in wanted:
         draw_sparsity(s, baseline, f"{out_dir}/metric_vs_sparsity", height)
     if "bits" in wanted:
-        draw_bits(s, baseline, f"{out_dir}/bits")
+        draw_bits(s, f"{out_dir}/bits")
 
 
 def _sparsity_curves(s: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -213,30 +218,32 @@ def draw_sparsity(s: pd.DataFrame, baseline: str, out_prefix, height: float) -> 
 
 
 def _bits_label(row) -> str:
-    return "32 (none)" if row["quantize"] == "none" else f"{int(row['base_weight_bits'])} ({row['quantize']})"
+    if row["quantize"] == "none":
+        return "32 (none)"
+    return f"{int(row['base_weight_bits'])} ({row['quantize']})" if "bit" not in row["quantize"] else \
+        f"{int(row['base_weight_bits'])} (quantized)"
 
 
-def draw_bits(s: pd.DataFrame, baseline: str, out_prefix) -> None:
-    """The baseline's adapter on every base it ran on: metric and peak training memory against base bits."""
-    base = s[s["method"] == baseline]
-    if base.empty:
-        return
-    family = s[s["method_type"].isin([baseline_type := base["method_type"].iloc[0], "qlora"])
-               & (s["adapter_params"] == base["adapter_params"].iloc[0])].copy()
-    family["bits"] = family.apply(_bits_label, axis=1)
-    order = sorted(family["bits"].unique(), key=lambda b: (-int(b.split(" ")[0]), b))
+def draw_bits(s: pd.DataFrame, out_prefix) -> None:
+    """Every quantized variant with its full-precision siblings (same adapter family, same adapter size):
+    metric and peak training memory against the bits of the base."""
+    s = s.assign(family=s["method_type"].map(lambda t: ADAPTER_FAMILY.get(t, t)))
+    quantized = s[s["quantize"] != "none"][["family", "adapter_params"]].drop_duplicates()
+    group = s.merge(quantized, on=["family", "adapter_params"])
+    group["bits"] = group.apply(_bits_label, axis=1)
+    group["adapter"] = group["family"] + ", " + group["adapter_params"].map(lambda n: f"{int(n):,}") + " params"
+    order = sorted(group["bits"].unique(), key=lambda b: (-int(b.split(" ")[0]), b))
     parts = []
     for quantity, col in (("task metric", "metric"), ("peak training memory (MB)", "peak_train_mem_mb")):
-        part = family[["panel", "method", "method_type", "bits", col, f"{col}_lo", f"{col}_hi"]].copy()
-        part.columns = ["panel", "method", "method_type", "bits", "value", "lo", "hi"]
+        part = group[["panel", "adapter", "bits", col, f"{col}_lo", f"{col}_hi"]].copy()
+        part.columns = ["panel", "adapter", "bits", "value", "lo", "hi"]
         part["quantity"] = quantity
         parts.append(part)
     long = pd.concat(parts)
     long["bits"] = pd.Categorical(long["bits"], categories=order)
-    _save(p9.ggplot(long, p9.aes("bits", "value", colour="method_type")) + p9.geom_point(size=3)
-          + p9.geom_errorbar(p9.aes(ymin="lo", ymax="hi"), width=0.15)
+    _save(p9.ggplot(long, p9.aes("bits", "value", colour="adapter", group="adapter")) + p9.geom_line(alpha=0.6)
+          + p9.geom_point(size=3) + p9.geom_errorbar(p9.aes(ymin="lo", ymax="hi"), width=0.15)
           + p9.facet_grid("quantity~panel", scales="free_y")
           + p9.labs(x="bits per weight of the frozen base (quantization)", y="mean over seeds, 95% CI",
-                    title=f"{baseline_type} with its adapter ({int(base['adapter_params'].iloc[0]):,} parameters) "
-                          "on a full-precision, 8-bit and 4-bit base")
-          + _theme(12, 6), out_prefix)
+                    title="The same adapter on a full-precision, 8-bit and 4-bit base")
+          + p9.theme_bw() + p9.theme(figure_size=(12, 6)), out_prefix)
