@@ -36,6 +36,7 @@ from lorabench.flops import count as count_flops
 from lorabench.methods import build_method
 from lorabench.models import ModelLoader
 from lorabench.precision import resolve_precision
+from lorabench.quantization import full_precision
 from lorabench.trainer import RunId, forward_backward, optimizer_step, plan_steps, train
 from lorabench.utils import device_name, seed_everything, set_threads
 
@@ -217,8 +218,7 @@ def main() -> None:
     for name in (["lora", "full_ft"] if args.quick else list(PARAMS)):
         row = interleaved_steps(name, loader, rows, collator, settings, precision)
         # fvcore cannot trace a quantized base: count the same adapter in full precision.
-        counted = {**PARAMS[name], "quantize": "none", "double_quant": False, "compute_dtype": None}
-        per_example = count_flops(build_method(name, counted, loader.target_modules).build(loader),
+        per_example = count_flops(build_method(name, full_precision(PARAMS[name]), loader.target_modules).build(loader),
                                   mean_len, mean_len, len(tokenizer))["train_flops_per_example"]
         achieved = per_example * settings.batch_size / (row["ours_step_ms_median"] / 1000)
         row.update(achieved_gflops=achieved / 1e9, mfu=achieved / peak)

@@ -11,19 +11,26 @@ import numpy as np
 import pandas as pd
 
 from lorabench import stats
-from lorabench.metrics import ADAPTER_FAMILY, SPARSE_ADAPTER_TYPES, primary_metric, quantize_column
+from lorabench.metrics import SPARSE_ADAPTER_TYPES, primary_metric, variant_columns
 
 NOT_ENOUGH = "Not enough data"
 
 
-def _num(x: float) -> str:
+def fmt_number(x) -> str:
+    """A number as the report writes it: 'n/a' when missing, thousands with separators, else 3 significant
+    digits (the report's tables and sentences share it)."""
     return "n/a" if pd.isna(x) else (f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}")
+
+
+def ci_text(low, high) -> str:
+    """' (95% CI low to high)', or ' (one seed: no interval)' where there is no interval."""
+    return " (one seed: no interval)" if pd.isna(low) else f" (95% CI {fmt_number(low)} to {fmt_number(high)})"
 
 
 def _with_ci(values) -> str:
     """'mean (95% CI lo to hi)' over seeds, or the mean and 'one seed: no interval'."""
     mean, _, lo, hi = stats.t_interval(values)
-    return f"{_num(mean)} ({'one seed: no interval' if pd.isna(lo) else f'95% CI {_num(lo)} to {_num(hi)}'})"
+    return fmt_number(mean) + ci_text(lo, hi)
 
 
 def _paired(a: pd.Series, b: pd.Series) -> tuple[str, float, float]:
@@ -32,7 +39,7 @@ def _paired(a: pd.Series, b: pd.Series) -> tuple[str, float, float]:
     seeds = sorted(set(a.index) & set(b.index))
     if len(seeds) < 2:
         point = float((a.loc[seeds] - b.loc[seeds]).mean()) if seeds else float("nan")
-        return f"{_num(point)} ({NOT_ENOUGH}: fewer than two shared seeds, no interval, no test)", point, float("nan")
+        return f"{fmt_number(point)} ({NOT_ENOUGH}: fewer than two shared seeds, no interval, no test)", point, float("nan")
     diff = a.loc[seeds] - b.loc[seeds]
     mean, _, lo, hi = stats.t_interval(diff)
     p = stats.paired_t(a.loc[seeds], b.loc[seeds])
@@ -48,12 +55,7 @@ class Runs:
     """The summary, with what matching variants needs: family, quantized or not, per-seed series."""
 
     def __init__(self, summary: pd.DataFrame, baseline: str):
-        df = summary.copy()
-        if "method_type" not in df:
-            df["method_type"] = df["method"]
-        df["quantize"] = quantize_column(df)
-        df["family"] = df["method_type"].map(lambda t: ADAPTER_FAMILY.get(t, t))
-        self.df, self.baseline = df, baseline
+        self.df, self.baseline = variant_columns(summary), baseline
 
     def datasets(self):
         for dataset, g in self.df.groupby("dataset", sort=True):
@@ -89,7 +91,7 @@ def sparsity_findings(runs: Runs) -> list[str]:
             ref = runs.reference(g, "lora", group["adapter_params"].iloc[0])
             if ref is None:
                 out.append(f"**{dataset}**, {kind}: {NOT_ENOUGH}: no full-precision LoRA variant with its "
-                           f"{_num(group['adapter_params'].iloc[0])} adapter parameters to compare against.")
+                           f"{fmt_number(group['adapter_params'].iloc[0])} adapter parameters to compare against.")
                 continue
             ref_values = runs.series(g, ref, metric)
             _, _, lo, hi = stats.t_interval(ref_values)
@@ -134,7 +136,7 @@ def quantization_findings(runs: Runs) -> list[str]:
             what = f"{_label(row)}, {row.quantize} base{' with double quantization' if double else ''}"
             if ref is None:
                 out.append(f"**{dataset}**: {what}: {NOT_ENOUGH}: no full-precision {row.family} variant with "
-                           f"{_num(row.adapter_params)} adapter parameters.")
+                           f"{fmt_number(row.adapter_params)} adapter parameters.")
                 continue
             diff, _, _ = _paired(runs.series(g, row.method, metric), runs.series(g, ref, metric))
             sentence = f"**{dataset}**: {what} against {ref}: {metric} {diff}"
@@ -162,12 +164,12 @@ def rank_findings(runs: Runs) -> list[str]:
             ref = runs.reference(g, "lora", row.adapter_params)
             if ref is None:
                 out.append(f"**{dataset}**: {row.method}: {NOT_ENOUGH}: no LoRA variant with its "
-                           f"{_num(row.adapter_params)} adapter parameters.")
+                           f"{fmt_number(row.adapter_params)} adapter parameters.")
                 continue
             diff, mean, p = _paired(runs.series(g, row.method, metric), runs.series(g, ref, metric))
             verdict = ("no difference shown at 0.05" if pd.isna(p) or p >= 0.05 else
                        f"HiRA {'better' if (mean > 0) == higher else 'worse'} at 0.05")
-            out.append(f"**{dataset}**: {row.method} against {ref} at {_num(row.adapter_params)} adapter parameters "
+            out.append(f"**{dataset}**: {row.method} against {ref} at {fmt_number(row.adapter_params)} adapter parameters "
                        f"each: {metric} {diff}: {verdict}.")
     return out or [f"{NOT_ENOUGH}: no HiRA variant ran on a full-precision base."]
 
@@ -216,9 +218,9 @@ def excels_findings(runs: Runs) -> list[str]:
             rounds = g.drop_duplicates("method").set_index("method")
             best = rounds["throughput_per_s"].idxmax()
             r = rounds.loc[best]
-            parts.append(f"highest inference throughput: **{best}** {_num(r['throughput_per_s'])}/s (95% CI over "
-                         f"timing rounds {_num(r.get('throughput_per_s_ci95_low'))} to "
-                         f"{_num(r.get('throughput_per_s_ci95_high'))})")
+            parts.append(f"highest inference throughput: **{best}** {fmt_number(r['throughput_per_s'])}/s (95% CI over "
+                         f"timing rounds {fmt_number(r.get('throughput_per_s_ci95_low'))} to "
+                         f"{fmt_number(r.get('throughput_per_s_ci95_high'))})")
         out.append(f"- **{dataset}**: " + "; ".join(parts) + ".")
     return out
 

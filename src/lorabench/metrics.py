@@ -48,12 +48,19 @@ def primary_metric(task: str) -> tuple[str, bool]:
     return ("accuracy", True) if task == "classification" else ("perplexity", False)
 
 
-def quantize_column(df):
-    """The summary's ``quantize`` column, with summaries from before the quantize axis read from the bits of
-    the base ('4-bit'); full precision is 'none'."""
+def variant_columns(df):
+    """A copy of a summary with the columns that tell variants apart, filled for summaries written before
+    them: ``method_type`` (the key was the type), ``quantize`` (read from the bits of the base: '4-bit'; full
+    precision is 'none') and ``family`` (the type a preset belongs to, ADAPTER_FAMILY)."""
     import pandas as pd
 
+    df = df.copy()
+    if "method_type" not in df:
+        df["method_type"] = df["method"]
     if "quantize" in df:
-        return df["quantize"].fillna("none")
-    bits = df["base_weight_bits"].fillna(32) if "base_weight_bits" in df else pd.Series(32, index=df.index)
-    return pd.Series(["none" if b >= 16 else f"{int(b)}-bit" for b in bits], index=df.index)
+        df["quantize"] = df["quantize"].fillna("none")
+    else:
+        bits = df["base_weight_bits"].fillna(32) if "base_weight_bits" in df else pd.Series(32, index=df.index)
+        df["quantize"] = ["none" if b >= 16 else f"{int(b)}-bit" for b in bits]
+    df["family"] = df["method_type"].map(lambda t: ADAPTER_FAMILY.get(t, t))
+    return df

@@ -9,7 +9,7 @@ from typing import Iterable
 import pandas as pd
 import plotnine as p9
 
-from lorabench.metrics import ADAPTER_FAMILY, SPARSE_ADAPTER_TYPES, quantize_column
+from lorabench.metrics import SPARSE_ADAPTER_TYPES, variant_columns
 from lorabench.stats import pareto_front
 
 METHOD_COLOURS = {
@@ -123,14 +123,11 @@ def _save(plot, out_prefix) -> None:
 def draw_all(summary_csv, out_dir, adalora_metrics=(), baseline: str = "lora") -> None:
     """Every figure of ``figures_for`` the summary's method types; ``adalora_metrics`` are the training-metrics
     files of the AdaLoRA runs (their per-layer ranks)."""
-    df = task_metric(pd.read_csv(summary_csv))
-    if "method_type" not in df:  # summaries from before typed variants: the key was the type
-        df["method_type"] = df["method"]
-    df["quantize"] = quantize_column(df)
+    df = variant_columns(task_metric(pd.read_csv(summary_csv)))
     cols = ["metric", "trainable_params", "train_time_s", "peak_train_mem_mb", "peak_infer_mem_mb", "throughput_per_s",
             "adapter_sparsity", "adapter_params", "base_weight_bits"]
     s = seed_summary(df, [c for c in cols if c in df])
-    s = s.merge(df.drop_duplicates("method")[["method", "quantize"]], on="method", how="left")
+    s = s.merge(df.drop_duplicates("method")[["method", "quantize", "family"]], on="method", how="left")
     # Tall enough for both legends (one entry per method type, one per variant).
     legend = (s["method"].nunique() if s["method"].nunique() <= MAX_SHAPES else 0) + s["method_type"].nunique()
     height = max(4.0, 1.2 + 0.24 * legend)
@@ -227,7 +224,6 @@ def _bits_label(row) -> str:
 def draw_bits(s: pd.DataFrame, out_prefix) -> None:
     """Every quantized variant with its full-precision siblings (same adapter family, same adapter size):
     metric and peak training memory against the bits of the base."""
-    s = s.assign(family=s["method_type"].map(lambda t: ADAPTER_FAMILY.get(t, t)))
     quantized = s[s["quantize"] != "none"][["family", "adapter_params"]].drop_duplicates()
     group = s.merge(quantized, on=["family", "adapter_params"])
     group["bits"] = group.apply(_bits_label, axis=1)

@@ -104,13 +104,22 @@ def _log_once(logger_name: str) -> None:
         logger.addFilter(_OncePerMessage())
 
 
-def quantized_linears(model: torch.nn.Module):
-    """(name, module) of every bitsandbytes 4-bit or 8-bit linear layer."""
+def full_precision(params: dict) -> dict:
+    """The same method settings on a full-precision base (what fvcore, which cannot trace a quantized layer,
+    counts in its place)."""
+    return {**params, "quantize": "none", "double_quant": False, "compute_dtype": None}
+
+
+def is_quantized_linear(module: torch.nn.Module) -> bool:
+    """True for a bitsandbytes 4-bit or 8-bit linear layer."""
     import bitsandbytes as bnb
 
-    for name, module in model.named_modules():
-        if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
-            yield name, module
+    return isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))
+
+
+def quantized_linears(model: torch.nn.Module):
+    """(name, module) of every bitsandbytes 4-bit or 8-bit linear layer."""
+    return ((name, module) for name, module in model.named_modules() if is_quantized_linear(module))
 
 
 def disable_cpu_bf16_repack(model: torch.nn.Module) -> int:
@@ -136,14 +145,12 @@ def merge_error(model: torch.nn.Module) -> float | None:
     update and re-quantizes. None where no adapted layer is quantized or the adapter has no effect yet."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    import bitsandbytes as bnb
-
     lost = effect = 0.0
     for _, module in model.named_modules():
         if not isinstance(module, BaseTunerLayer):
             continue
         base = module.get_base_layer()
-        if not isinstance(base, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
+        if not is_quantized_linear(base):
             continue
         layer = copy.deepcopy(module).eval()
         eye = torch.eye(base.in_features, device=base.weight.device)

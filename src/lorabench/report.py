@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from lorabench import stats
-from lorabench.discussion import discussion_lines
-from lorabench.metrics import primary_metric
+from lorabench.discussion import ci_text, discussion_lines, fmt_number
+from lorabench.metrics import primary_metric, variant_columns
 from lorabench.plots import figures_for
 
 SUMMARY_METRICS = [
@@ -88,14 +88,6 @@ def significance(summary: pd.DataFrame, runs_dir, baseline: str, n_boot: int = 2
     return out
 
 
-def _fmt(x, digits=3) -> str:
-    if x is None or (isinstance(x, float) and np.isnan(x)):
-        return "n/a"
-    if isinstance(x, (int, np.integer)) or (isinstance(x, float) and abs(x) >= 1000):
-        return f"{x:,.0f}"
-    return f"{x:.{digits}g}"
-
-
 def _p(x) -> str:
     return "n/a (too few seeds)" if pd.isna(x) else (f"{x:.2g}" if x >= 1e-4 else "< 1e-4")
 
@@ -130,10 +122,6 @@ def tradeoff_sentences(by_method: pd.DataFrame, sig: pd.DataFrame, baseline: str
     return out
 
 
-def _ci(low, high) -> str:
-    return " (one seed: no interval)" if pd.isna(low) else f" (95% CI {low:.3g} to {high:.3g})"
-
-
 def contextual_sparsity_sentences(summary: pd.DataFrame, reference: str = "lora") -> list[str]:
     """SparseLoRA-style methods (those that report ``ffn_sparse_layers``) against plain LoRA (the method named
     ``reference``, else the first variant of that type), per dataset: the
@@ -163,8 +151,8 @@ def contextual_sparsity_sentences(summary: pd.DataFrame, reference: str = "lora"
                 f"**{dataset}**: {method} ({first['ffn_sparse_layers']:.0f} sparse layers; after "
                 f"{first['dense_warmup_steps']:.0f} dense warm-up steps its FFNs computed "
                 f"{100 * first['ffn_matmul_fraction']:.0f}% of their channels) trained {speed:.2f}x as fast per "
-                f"optimizer step as {reference}{_ci(s_lo, s_hi)}, computing {flops:.2f}x its training FLOPs; "
-                f"{metric} {diff:+.3g} against {reference}{_ci(d_lo, d_hi)}.")
+                f"optimizer step as {reference}{ci_text(s_lo, s_hi)}, computing {flops:.2f}x its training FLOPs; "
+                f"{metric} {diff:+.3g} against {reference}{ci_text(d_lo, d_hi)}.")
     return out
 
 
@@ -181,7 +169,7 @@ def _precision_note(summary: pd.DataFrame) -> str:
 def _table(df: pd.DataFrame, cols: list[str]) -> str:
     cols = [c for c in cols if c in df]
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    body = "".join("| " + " | ".join(_fmt(v) if not isinstance(v, str) else v for v in r) + " |\n"
+    body = "".join("| " + " | ".join(fmt_number(v) if not isinstance(v, str) else v for v in r) + " |\n"
                    for r in df[cols].itertuples(index=False))
     return head + body
 
@@ -227,6 +215,7 @@ def write_report(summary_csv, runs_dir, baseline: str, out_by_method, out_signif
     if len(reasons):
         lines += ["## Learning rates that differ, and why", ""]
         lines += [f"- {r.method}: lr {r.lr:g}: {r.lr_reason}" for r in reasons.itertuples()] + [""]
-    lines += ["## Figures", ""] + [f"![{f}]({figures_dir}/{f}.png)" for f in figures_for(
-        summary.get("method_type", summary["method"]), summary.get("quantize", pd.Series(dtype=str)).fillna("none"))] + [""]
+    variants = variant_columns(summary)
+    lines += ["## Figures", ""] + [f"![{f}]({figures_dir}/{f}.png)"
+                                    for f in figures_for(variants["method_type"], variants["quantize"])] + [""]
     Path(out_md).write_text("\n".join(lines))

@@ -130,6 +130,7 @@ def efficiency_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_c
     trained run is deployed; a learning-rate change does not rerun this job."""
     from lorabench import flops
     from lorabench.inference import measure
+    from lorabench.quantization import full_precision
 
     clock = PhaseClock()
     loader, method, dev, prec = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads, device,
@@ -156,8 +157,7 @@ def efficiency_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_c
     # matmuls are the ones a quantized layer computes after dequantizing.
     quantized = method.quantization.quantized
     if quantized:
-        method = build_method(method_name, {**method_params, "quantize": "none", "double_quant": False,
-                                            "compute_dtype": None}, loader.target_modules, prec)
+        method = build_method(method_name, full_precision(method_params), loader.target_modules, prec)
     seed_everything(0)
     meta = read_json(Path(tokenized_dir) / "meta.json")
     result.update(flops.count(method.build(loader), meta["eval"]["mean_length"], meta["train"]["mean_length"],

@@ -4,6 +4,7 @@ method from a partial mapping (tests, benchmarks), so code never repeats a defau
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 
@@ -13,13 +14,13 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 
 
 @functools.lru_cache(maxsize=1)
-def _schema_text() -> str:
-    return SCHEMA_PATH.read_text()
+def _parsed_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def load_schema() -> dict:
-    """A fresh copy of the schema (callers may modify it)."""
-    return yaml.safe_load(_schema_text())
+    """A fresh copy of the schema (callers may modify it); the file is read and parsed once per process."""
+    return copy.deepcopy(_parsed_schema())
 
 
 def _resolve(schema: dict, ref: str) -> dict:
@@ -45,7 +46,7 @@ def method_settings(schema: dict, node: dict) -> dict[str, dict]:
 
 @functools.lru_cache(maxsize=None)
 def _defaults(kind: str) -> tuple:
-    schema = load_schema()
+    schema = _parsed_schema()  # read only
     types = schema["$defs"]["method_types"]
     if kind not in types:
         return ()
@@ -54,6 +55,4 @@ def _defaults(kind: str) -> tuple:
 
 def method_defaults(kind: str) -> dict:
     """The default of every setting of method type ``kind`` that has one ({} for an unknown type)."""
-    import copy
-
     return copy.deepcopy(dict(_defaults(kind)))

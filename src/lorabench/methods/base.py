@@ -108,7 +108,7 @@ class Method:
 
     def make_optimizer(self, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
         """The config's ``optimizer``: torch's AdamW, or bitsandbytes' paged AdamW (QLoRA's)."""
-        if self.params.get("optimizer", "adamw") == "paged_adamw":
+        if self.params["optimizer"] == "paged_adamw":  # every type has the setting, defaulted by the schema
             import bitsandbytes as bnb
 
             self._optimizer = bnb.optim.PagedAdamW(params, lr=lr, weight_decay=weight_decay)
