@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lorabench.convergence import tail_trend
 from lorabench.utils import read_json
 
 ID_COLUMNS = ["dataset", "model_repo", "method", "method_type", "seed", "task", "train_split", "eval_split"]
@@ -18,6 +19,7 @@ DROP = {"loss_curve", "epoch_times_s", "versions", "job_phases_s", "train_flops_
 def run_row(train_metrics: dict, eval_metrics: dict) -> dict:
     row = {k: v for k, v in train_metrics.items() if k not in DROP}
     row.update(eval_metrics)
+    row.update(tail_trend([point["loss"] for point in train_metrics.get("loss_curve", [])]))
     versions = train_metrics.get("versions", {})
     row["torch_version"] = versions.get("torch")
     row["peft_version"] = versions.get("peft")

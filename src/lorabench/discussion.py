@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from lorabench import stats
+from lorabench.convergence import NO_PROGRESS, STILL_FALLING, TAIL_FRACTION, TOO_FEW
 from lorabench.metrics import SPARSE_ADAPTER_TYPES, primary_metric, variant_columns
 
 NOT_ENOUGH = "Not enough data"
@@ -225,6 +226,34 @@ def excels_findings(runs: Runs) -> list[str]:
     return out
 
 
+def convergence_limits(df: pd.DataFrame) -> list[str]:
+    """Per dataset: which variants had not levelled off (lorabench.convergence), so a gap to them is read as
+    what it may be, a difference in speed of learning."""
+    if "convergence" not in df:
+        return []
+    out = []
+    for dataset, g in df.groupby("dataset"):
+        steps = f"{int(g['train_steps'].max())} optimizer steps"
+        falling = sorted(m for m, h in g.groupby("method") if (h["convergence"] == STILL_FALLING).any())
+        stuck = sorted(m for m, h in g.groupby("method") if (h["convergence"] == NO_PROGRESS).any())
+        if stuck:
+            out.append(f"**{dataset}** ({steps}): the training loss of {', '.join(stuck)} ended where it started in "
+                       "at least one seed (see Convergence): those runs learned little, and their metric says "
+                       "nothing about what the method can reach.")
+        if (g["convergence"] == TOO_FEW).all():
+            out.append(f"**{dataset}**: {steps} are too few to tell whether any method converged; its ranking may "
+                       "rank only how fast methods start.")
+        elif falling:
+            out.append(f"**{dataset}** ({steps}): the training loss of {', '.join(falling)} was still falling "
+                       f"steeply over the last {TAIL_FRACTION:.0%} of steps in at least one seed (see Convergence), "
+                       "so a gap to them may close with more training: it is not shown to be a gap between methods.")
+        elif not stuck:
+            out.append(f"**{dataset}** ({steps}): every variant's loss had levelled off over its last "
+                       f"{TAIL_FRACTION:.0%} of steps; a method that would overtake after much longer training is "
+                       "not ruled out.")
+    return out
+
+
 def limits(runs: Runs) -> list[str]:
     """What these runs cannot show, computed from what they are."""
     df = runs.df
@@ -232,10 +261,7 @@ def limits(runs: Runs) -> list[str]:
     count = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()} to {seeds.max()}"
     out = [f"{count} seed{'s' if seeds.max() > 1 else ''} per variant: an interval from so few seeds is wide, and a "
            "difference inside it is not evidence of no difference."]
-    if "train_steps" in df:
-        steps = df.groupby("dataset")["train_steps"].max()
-        out.append("Training was short (" + ", ".join(f"{d}: {int(s)} optimizer steps" for d, s in steps.items())
-                   + "): a method that converges more slowly is not shown to be worse, only slower to get there.")
+    out += convergence_limits(df)
     models = df.groupby("dataset")["model_repo"].first() if "model_repo" in df else pd.Series(dtype=str)
     if len(models):
         out.append("One model per task (" + ", ".join(f"{d}: {m}" for d, m in models.items())

@@ -29,7 +29,7 @@ METHOD_COLOURS = {
 MAX_SHAPES = 13
 
 #: Figures drawn for every config.
-FIGURES = ["metric_vs_trainable_params", "throughput_vs_metric", "train_time", "memory", "pareto_memory_metric"]
+FIGURES = ["loss_curves", "metric_vs_trainable_params", "throughput_vs_metric", "train_time", "memory", "pareto_memory_metric"]
 
 
 def figures_for(method_types: Iterable[str], quantize: Iterable[str] = ()) -> list[str]:
@@ -39,6 +39,45 @@ def figures_for(method_types: Iterable[str], quantize: Iterable[str] = ()) -> li
     return (FIGURES + (["adalora_ranks"] if "adalora" in types else [])
             + (["metric_vs_sparsity"] if types & set(SPARSE_ADAPTER_TYPES) else [])
             + (["bits"] if bits or "qlora" in types else []))
+
+
+def loss_curve_table(train_metric_files) -> pd.DataFrame:
+    """One row per (dataset, method, seed, optimizer step): the training loss, raw and smoothed
+    (lorabench.convergence.smoothed), from the training jobs' metrics."""
+    from lorabench.convergence import smoothed
+    from lorabench.utils import read_json
+
+    rows = []
+    for f in train_metric_files:
+        m = read_json(f)
+        curve = m.get("loss_curve", [])
+        for point, smooth in zip(curve, smoothed([p["loss"] for p in curve])):
+            rows.append({"dataset": m["dataset"], "method": m["method"], "method_type": m.get("method_type", m["method"]),
+                         "seed": m["seed"], "step": point["step"], "loss": point["loss"], "smoothed": smooth})
+    return pd.DataFrame(rows, columns=["dataset", "method", "method_type", "seed", "step", "loss", "smoothed"])
+
+
+def draw_loss_curves(train_metric_files, out_prefix) -> None:
+    """Training loss against optimizer step, one panel per dataset and one line per method: the mean over seeds
+    of each seed's running mean, with a band from the lowest to the highest seed."""
+    t = loss_curve_table(train_metric_files)
+    if t.empty:
+        t = pd.DataFrame({"dataset": ["none"], "method": ["no run"], "method_type": ["lora"], "seed": [0],
+                          "step": [0], "loss": [0.0], "smoothed": [0.0]})
+    band = t.groupby(["dataset", "method", "method_type", "step"], as_index=False)["smoothed"].agg(
+        ["mean", "min", "max"])
+    methods = band["method"].nunique()
+    # Colour per variant where it can be told apart from the others; by type (the other figures' colours) where
+    # every variant is its own type.
+    colour = "method_type" if methods == band["method_type"].nunique() else "method"
+    scale = ([p9.scale_colour_manual(values=METHOD_COLOURS, name="method"),
+              p9.scale_fill_manual(values=METHOD_COLOURS, name="method")] if colour == "method_type" else [])
+    _save(p9.ggplot(band, p9.aes("step", "mean", colour=colour, fill=colour, group="method"))
+          + p9.geom_ribbon(p9.aes(ymin="min", ymax="max"), alpha=0.15, colour="none")
+          + p9.geom_line() + p9.facet_wrap("~dataset", scales="free")
+          + p9.labs(x="optimizer step", y="training loss (running mean)",
+                    title="Training loss per method: has it levelled off? (line: mean over seeds; band: their range)")
+          + scale + p9.theme_bw() + p9.theme(figure_size=(12, max(4.0, 1.2 + 0.24 * methods))), out_prefix)
 
 
 def adalora_rank_table(train_metric_files) -> pd.DataFrame:
@@ -120,9 +159,9 @@ def _save(plot, out_prefix) -> None:
     plot.save(f"{out_prefix}.svg", verbose=False)
 
 
-def draw_all(summary_csv, out_dir, adalora_metrics=(), baseline: str = "lora") -> None:
-    """Every figure of ``figures_for`` the summary's method types; ``adalora_metrics`` are the training-metrics
-    files of the AdaLoRA runs (their per-layer ranks)."""
+def draw_all(summary_csv, out_dir, train_metrics=(), baseline: str = "lora") -> None:
+    """Every figure of ``figures_for`` the summary's method types; ``train_metrics`` are the runs'
+    training-metrics files (loss curves, AdaLoRA's per-layer ranks)."""
     df = variant_columns(task_metric(pd.read_csv(summary_csv)))
     cols = ["metric", "trainable_params", "train_time_s", "peak_train_mem_mb", "peak_infer_mem_mb", "throughput_per_s",
             "adapter_sparsity", "adapter_params", "base_weight_bits"]
@@ -184,9 +223,10 @@ def draw_all(summary_csv, out_dir, adalora_metrics=(), baseline: str = "lora") -
           + p9.labs(x="peak training memory (MB)", y="task metric (mean, 95% CI)",
                     title="Memory vs task metric: the Pareto frontier (diamonds, grey line)") + _theme(),
           f"{out_dir}/pareto_memory_metric")
+    draw_loss_curves(train_metrics, f"{out_dir}/loss_curves")
     wanted = figures_for(df["method_type"], df["quantize"])
     if "adalora_ranks" in wanted:
-        draw_adalora_ranks(adalora_metrics, f"{out_dir}/adalora_ranks")
+        draw_adalora_ranks(train_metrics, f"{out_dir}/adalora_ranks")
     if "metric_vs_sparsity" in wanted:
         draw_sparsity(s, baseline, f"{out_dir}/metric_vs_sparsity", height)
     if "bits" in wanted:

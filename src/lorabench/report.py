@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from lorabench import stats
+from lorabench.convergence import MAX_P, NO_PROGRESS, STEEP_DROP, STILL_FALLING, TAIL_FRACTION, TOO_FEW
 from lorabench.discussion import ci_text, discussion_lines, fmt_number
 from lorabench.metrics import primary_metric, variant_columns
 from lorabench.plots import figures_for
@@ -156,6 +157,24 @@ def contextual_sparsity_sentences(summary: pd.DataFrame, reference: str = "lora"
     return out
 
 
+def convergence_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, method): how many seeds' training loss was still falling steeply at the end
+    (lorabench.convergence), the mean fall over the last tenth of steps, and the final loss."""
+    if "convergence" not in summary:
+        return pd.DataFrame()
+    g = summary.groupby(["dataset", "method"], sort=True)
+    out = pd.DataFrame({
+        "seeds": g["seed"].nunique(),
+        "still_falling": g["convergence"].apply(lambda c: int((c == STILL_FALLING).sum())),
+        "no_progress": g["convergence"].apply(lambda c: int((c == NO_PROGRESS).sum())),
+        "too_few_steps": g["convergence"].apply(lambda c: int((c == TOO_FEW).sum())),
+        "loss_tail_drop_pct": 100.0 * g["loss_tail_drop_rel"].mean(),
+        "final_train_loss": g["final_train_loss"].mean(),
+        "train_steps": g["train_steps"].max(),
+    }).reset_index()
+    return out
+
+
 def _precision_note(summary: pd.DataFrame) -> str:
     """', in bf16 (config: auto)' etc.: the precision the runs trained, evaluated and were timed in."""
     if "precision" not in summary:
@@ -204,6 +223,23 @@ def write_report(summary_csv, runs_dir, baseline: str, out_by_method, out_signif
                   f"{metric}_ci95_high", "trainable_params_mean", "peak_train_mem_mb_mean", "train_time_s_mean",
                   "latency_ms_mean", "throughput_per_s_mean", "adapter_size_mb_mean", "flops_per_example_mean",
                   "adapter_sparsity_mean", "cost_usd_mean"]), ""]
+    conv = convergence_table(summary)
+    if not conv.empty:
+        flagged = conv[conv["still_falling"] > 0]
+        stuck = conv[conv["no_progress"] > 0]
+        lines += ["## Convergence", "",
+                  f"A run is flagged 'still falling' when a straight line fitted to its training loss over the last "
+                  f"{TAIL_FRACTION:.0%} of optimizer steps falls by {STEEP_DROP:.0%} or more of that stretch's mean "
+                  f"loss, with a one-sided p < {MAX_P} (per-batch losses are noisy). Such a method had not converged: "
+                  "a gap to it may close with more training. A run makes 'no progress' when its mean loss over that "
+                  f"last stretch is within {STEEP_DROP:.0%} of its first stretch's: it learned little (a "
+                  "classifier at chance stays near ln 2 = 0.69). The figure loss_curves shows every curve.", "",
+                  ("Flagged: " + ", ".join(f"{r.method} on {r.dataset} ({r.still_falling} of {r.seeds} seeds)"
+                                           for r in flagged.itertuples()) + ".") if len(flagged)
+                  else "No run was still falling steeply at its end.",
+                  *([("No progress: " + ", ".join(f"{r.method} on {r.dataset} ({r.no_progress} of {r.seeds} seeds)"
+                                                  for r in stuck.itertuples()) + ".")] if len(stuck) else []), "",
+                  _table(conv, list(conv.columns)), ""]
     if not sig.empty:
         lines += ["## Significance against " + baseline, "",
                   "`p_paired_t`: paired t-test over seeds; `p_mcnemar_exact`: exact McNemar on per-example "

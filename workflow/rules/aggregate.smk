@@ -42,7 +42,7 @@ rule statistics:
 rule plot:
     input:
         summary="results/summary.csv",
-        adalora=all_runs(f"{RUN}/train_metrics.json", types=["adalora"]),
+        train=all_runs(f"{RUN}/train_metrics.json"),
     output:
         **{f"{f}_png": report(f"results/figures/{f}.png", caption=f"../report/{f}.rst", category="Figures")
            for f in FIGURES},

@@ -86,10 +86,9 @@ def efficiency_params(wildcards):
     }
 
 
-def all_runs(pattern, types=None):
-    """``pattern`` for every (dataset, method, seed); with ``types``, only methods of those types."""
-    methods = [m for m in METHODS if types is None or config["methods"][m]["type"] in types]
-    return expand(pattern, dataset=DATASETS, method=methods, seed=SEEDS)
+def all_runs(pattern):
+    """``pattern`` for every (dataset, method, seed)."""
+    return expand(pattern, dataset=DATASETS, method=METHODS, seed=SEEDS)
 
 
 def torch_resources(kind):

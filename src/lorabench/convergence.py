@@ -1,0 +1,61 @@
+"""Has a run trained out? The trend of its training loss over the last part of training, so that a comparison
+between a converged method and one still improving says so instead of calling the second one worse."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+TAIL_FRACTION = 0.1
+"""The part of training whose trend is judged: the last 10% of optimizer steps."""
+MIN_TAIL_STEPS = 5
+"""Fewer steps than this in the tail (a run of under 50 steps takes 5) give no trend worth reading; runs shorter
+than twice this are 'too few steps'."""
+STEEP_DROP = 0.05
+"""A tail whose fitted loss falls by at least this fraction of its mean loss is 'still falling'..."""
+MAX_P = 0.05
+"""...when the fitted slope is negative at this one-sided significance (per-batch losses are noisy)."""
+
+STILL_FALLING = "still falling"
+NO_PROGRESS = "no progress"
+LEVELLED = "levelled off"
+TOO_FEW = "too few steps"
+
+
+def tail_trend(losses: Sequence[float]) -> dict:
+    """``loss_tail_drop_rel`` (the least-squares fit's fall over the tail, as a fraction of the tail's mean loss;
+    negative when the loss rises), ``loss_tail_p`` (one-sided p of a falling slope) and ``convergence``: one of
+    'still falling', 'no progress' (the tail's mean loss is within STEEP_DROP of the first tenth's: a flat curve
+    that never left its start, such as a classifier stuck at chance), 'levelled off', 'too few steps'."""
+    from scipy import stats
+
+    losses = [float(x) for x in losses if math.isfinite(float(x))]
+    n = len(losses)
+    if n < 2 * MIN_TAIL_STEPS:
+        return {"loss_tail_drop_rel": float("nan"), "loss_tail_p": float("nan"), "convergence": TOO_FEW}
+    k = max(MIN_TAIL_STEPS, math.ceil(TAIL_FRACTION * n))
+    tail = losses[-k:]
+    fit = stats.linregress(range(k), tail, alternative="less")
+    mean = sum(tail) / k
+    drop = -fit.slope * (k - 1) / mean if mean > 0 else float("nan")
+    head = sum(losses[:k]) / k
+    if drop >= STEEP_DROP and fit.pvalue < MAX_P:
+        verdict = STILL_FALLING
+    elif head - mean < STEEP_DROP * head:
+        verdict = NO_PROGRESS
+    else:
+        verdict = LEVELLED
+    return {"loss_tail_drop_rel": drop, "loss_tail_p": float(fit.pvalue), "convergence": verdict}
+
+
+def smoothed(losses: Sequence[float], window: int | None = None) -> list[float]:
+    """Trailing running mean over ``window`` steps (default: a twentieth of the run), for figures: per-batch
+    losses swing more than the trend they carry."""
+    window = window or max(1, len(losses) // 20)
+    out, total = [], 0.0
+    for i, x in enumerate(losses):
+        total += x
+        if i >= window:
+            total -= losses[i - window]
+        out.append(total / min(i + 1, window))
+    return out
