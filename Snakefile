@@ -27,4 +27,5 @@ rule all:
         "results/significance.csv",
         "results/report.md",
         expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "svg"]),
+        ["results/lr_choice.csv"] if config.get("lr_grid") else [],
     default_target: True

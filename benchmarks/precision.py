@@ -90,7 +90,7 @@ def quality(config, dataset, model_dir, tok_dir, method, precision, seed) -> flo
     ds = config["datasets"][dataset]
     settings = TrainingSettings.from_dict(config["training"])
     prec = resolve_precision(precision, CPU)
-    loader = ModelLoader(model_dir, ds["task"], ds.get("num_labels", 2))
+    loader = ModelLoader.for_dataset(model_dir, ds, config["models"][ds["model"]])
     params = config["methods"][method]
     m = build_method(method, params, loader.target_modules, prec)
     seed_everything(seed)
@@ -121,8 +121,8 @@ def main() -> None:
     timing, scores = [], []
     for model_name, dataset in CASES.items():
         model_dir, tok_dir = prepare(config, dataset, cache)
-        task = config["datasets"][dataset]["task"]
-        loader = ModelLoader(model_dir, task, 2)
+        ds = config["datasets"][dataset]
+        loader = ModelLoader.for_dataset(model_dir, ds, config["models"][ds["model"]])
         batches = timing_batches(model_name, model_dir, tok_dir, steps + 2)
         settings = TrainingSettings.from_dict(config["training"])
         for method in methods:

@@ -82,7 +82,7 @@ def measure(model_name: str, config: dict, sparse_params: dict, lora_params: dic
     dataset, tokens = CASES[model_name]
     ds = config["datasets"][dataset]
     model_dir, tok_dir = prepare(config, dataset, REPO / "resources" / "bench")
-    loader = ModelLoader(model_dir, ds["task"], ds.get("num_labels", 2))
+    loader = ModelLoader.for_dataset(model_dir, ds, config["models"][ds["model"]])
     batches, calibration = batches_of(tok_dir, loader, tokens, steps)
     settings = TrainingSettings.from_dict({**config["training"], "batch_size": BATCH, "warmup_ratio": 0.0})
     lora = Arm("lora", lora_params, loader, settings, steps, precision)

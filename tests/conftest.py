@@ -37,6 +37,11 @@ def smoke_config() -> dict:
     return cfg
 
 
+def run_pairs(cfg: dict) -> set[tuple[str, str]]:
+    """(dataset, method) pairs a config runs: a method's `datasets` restricts it."""
+    return {(d, m) for m, params in cfg["methods"].items() for d in params.get("datasets", cfg["datasets"])}
+
+
 def snakemake(workdir: Path, configfile: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
            "--configfile", str(configfile), "--cores", "2", *args]
@@ -72,7 +77,8 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 
 SST2_DATASET = {"task": "classification", "text_field": "sentence", "label_field": "label", "train_split": "train",
-                "eval_split": "validation", "train_size": 96, "eval_size": 32, "max_length": 32, "num_labels": 2}
+                "eval_split": "validation", "train_size": 96, "eval_size": 32, "max_length": 32, "num_labels": 2,
+                "holdout_size": None, "truncation": "head", "head_fraction": 0.25}
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ from lorabench.config import ConfigError, validate_config
 from conftest import REPO, SNAPSHOTS, load_yaml, smoke_config, snakemake, write_config
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "configs/smoke.yaml", "configs/paper.yaml", "configs/sweeps.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "configs/smoke.yaml", "configs/paper.yaml", "configs/sweeps.yaml",
+                                  "configs/lr-sweep.yaml"])
 def test_shipped_configs_are_valid(name, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     cfg = load_yaml(REPO / name)
@@ -32,6 +33,16 @@ _DELETE = object()
 
 # (what is wrong, key to change, new value, words the error must contain)
 BAD_CONFIGS = [
+    ("a learning-rate sweep without a held-out slice", "lr_grid", {"lora": [1e-3, 3e-3]},
+     ["datasets.", ".holdout_size", "never on the eval split"]),
+    ("a learning-rate sweep of an unknown entry", "lr_grid", {"lroa": [1e-3]}, ["lr_grid.lroa", "lora"]),
+    ("a negative rate in a learning-rate sweep", "lr_grid", {"lora": [-1e-3]}, ["lr_grid.lora.0"]),
+    ("mean pooling on a model without a pooler", "models.smollm2.pooling", "mean",
+     ["models.smollm2.pooling", "llama", "cls"]),
+    ("pooling that does not exist", "models.minilm.pooling", "max", ["models.minilm.pooling", "max"]),
+    ("a variant restricted to an unknown dataset", "methods.base", {"datasets": ["mnli"]},
+     ["methods.base.datasets", "mnli", "sst2"]),
+    ("the untrained base given a learning rate", "methods.base", {"lr": 1e-3}, ["methods.base", "lr"]),
     ("unknown method", "methods.lroa", {"lr": 1e-3}, ["methods", "lroa"]),
     ("unknown dataset", "datasets.mnli", {"repo": "x"}, ["datasets", "mnli", "sst2"]),
     ("negative learning rate", "methods.lora.lr", -1e-4, ["methods.lora.lr", "-0.0001"]),
@@ -185,4 +196,23 @@ def test_sweeps_plan_the_brief_s_curves(tmp_path):
     assert sparsities == {0.25, 0.5, 0.75, 0.9}
     assert {p["r"] for p in methods.values() if p["type"] == "hira"} == {2, 4, 8, 16, 32}
     assert {p["r"] for p in methods.values() if p["type"] == "lora" and p["quantize"] == "none"} == {2, 4, 8, 16, 32}
-    assert {p["quantize"] for p in methods.values()} == {"none", "int8", "nf4", "fp4"}
+    assert {p.get("quantize", "none") for p in methods.values()} == {"none", "int8", "nf4", "fp4"}
+    assert {p["ffn_sparsity"] for p in methods.values() if p["type"] == "sparselora"} == {0.5, 0.75, 0.9}
+
+
+def test_lr_sweep_plans_each_rate_as_a_variant_scored_on_held_out_data(tmp_path):
+    """configs/lr-sweep.yaml: every rate of every swept method a variant with the entry's other settings, every
+    dataset scored on a held-out slice of its train split, and the choice table planned (a dry run)."""
+    cfg = load_yaml(REPO / "configs/lr-sweep.yaml")
+    cfg["snapshots"] = str(SNAPSHOTS)
+    proc = snakemake(tmp_path, write_config(tmp_path / "lr.yaml", cfg), "-n", "--quiet", "rules", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    grid = cfg["lr_grid"]
+    runs = sum(len(r) for r in grid.values()) * len(cfg["datasets"]) * len(cfg["seeds"])
+    assert int(re.search(r"^train\s+(\d+)", out, re.M).group(1)) == runs
+    assert re.search(r"^lr_choice\s+1", out, re.M)
+    methods = validate_config(copy.deepcopy(cfg))["methods"]
+    assert methods["lora_lr3e-4"] == {**methods["lora_lr1e-3"], "lr": 3e-4}
+    assert {p["lr"] for n, p in methods.items() if p["type"] == "full_ft"} == set(grid["full_ft"])
+    assert all(ds["holdout_size"] for ds in cfg["datasets"].values())

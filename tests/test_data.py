@@ -3,7 +3,10 @@ import pandas as pd
 import torch
 from transformers import AutoTokenizer
 
-from lorabench.data import Collator, fixed_subset, length_grouped_batches, lm_blocks, tokenize_dataset, load_tokenized
+import pytest
+
+from lorabench.data import (Collator, fixed_subset, length_grouped_batches, lm_blocks, load_tokenized, split_rows,
+                           tokenize_dataset, truncated_ids)
 
 from conftest import MINILM, SNAPSHOTS
 
@@ -57,15 +60,54 @@ def test_collator_pads_and_masks_reproducibly():
 
 
 def test_tokenize_from_snapshot(tmp_path):
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    src = SNAPSHOTS / "datasets" / "stanfordnlp" / "sst2" / "data"
-    for split in ("train", "validation"):
-        pd.read_parquet(src / f"{split}-00000-of-00001.parquet").to_parquet(raw / f"{split}.parquet")
+    raw = _sst2_raw(tmp_path)
     ds = {"task": "classification", "text_field": "sentence", "label_field": "label", "train_split": "train",
-          "eval_split": "validation", "train_size": 50, "eval_size": None, "max_length": 16}
+          "eval_split": "validation", "train_size": 50, "eval_size": None, "max_length": 16, "holdout_size": None,
+          "truncation": "head", "head_fraction": 0.25}
     tokenize_dataset(ds, MINILM, raw, 1234, tmp_path / "tok")
     train, ev = load_tokenized(tmp_path / "tok", "train"), load_tokenized(tmp_path / "tok", "eval")
     assert len(train) == 50 and len(ev) == 872  # full GLUE dev
     assert max(len(x) for x in train["input_ids"]) <= 16
     assert set(ev["labels"]) == {0, 1}
+
+
+def _sst2_raw(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    src = SNAPSHOTS / "datasets" / "stanfordnlp" / "sst2" / "data"
+    for split in ("train", "validation"):
+        pd.read_parquet(src / f"{split}-00000-of-00001.parquet").to_parquet(raw / f"{split}.parquet")
+    return raw
+
+
+def test_holdout_is_disjoint_from_training_and_leaves_the_training_subset_unchanged(tmp_path):
+    train, held = split_rows(1000, 200, 100, 1234, "datasets.x.holdout_size")
+    assert len(train) == 200 and len(held) == 100 and not set(train) & set(held)
+    assert list(train) == list(fixed_subset(1000, 200, 1234))  # the same training examples as without a holdout
+    raw = _sst2_raw(tmp_path)
+    ds = {"task": "classification", "text_field": "sentence", "label_field": "label", "train_split": "train",
+          "eval_split": "validation", "train_size": 60, "eval_size": None, "max_length": 16, "holdout_size": 40,
+          "truncation": "head", "head_fraction": 0.25}
+    tokenize_dataset(ds, MINILM, raw, 1234, tmp_path / "tok", "sst2")
+    tr, ev = load_tokenized(tmp_path / "tok", "train"), load_tokenized(tmp_path / "tok", "eval")
+    assert len(tr) == 60 and len(ev) == 40  # scored on the train split's slice, not on the 872 dev sentences
+    assert not set(tr["example_id"]) & set(ev["example_id"])
+
+
+def test_a_train_split_too_small_for_its_holdout_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match="datasets.sst2.holdout_size.*100 examples"):
+        split_rows(100, 80, 30, 0, "datasets.sst2.holdout_size")
+
+
+def test_head_tail_truncation_keeps_the_start_and_the_end():
+    tok = AutoTokenizer.from_pretrained(MINILM)
+    words = [f"w{i}" for i in range(200)]
+    text = " ".join(words)
+    (ids,) = truncated_ids(tok, [text], 42, "head_tail", 0.25)
+    assert len(ids) == 42 and ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    full = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids[1:11] == full[:10] and ids[11:-1] == full[-30:]  # 40 tokens of budget: 10 from the start, 30 from the end
+    (head,) = truncated_ids(tok, [text], 42, "head", 0.25)
+    assert head[1:-1] == full[:40]
+    (short,) = truncated_ids(tok, ["a short review"], 42, "head_tail", 0.25)
+    assert short == tok("a short review")["input_ids"]  # nothing cut when it fits

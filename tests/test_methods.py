@@ -1,5 +1,6 @@
 """Every registered method on the real MiniLM encoder and real SST-2 sentences."""
 
+import math
 from dataclasses import replace
 
 import pandas as pd
@@ -67,7 +68,27 @@ def _train(method, model, rows, collator, settings=SETTINGS):
 
 
 def test_every_registered_method_is_tested():
-    assert set(PARAMS) == set(METHODS)
+    assert set(PARAMS) | {"base"} == set(METHODS)  # base trains nothing: its own test below
+
+
+def test_untrained_base_trains_nothing_and_evaluates_the_pretrained_model(loader, rows, collator, tmp_path):
+    from lorabench.trainer import untrained_metrics
+
+    method = build_method("base", {}, loader.target_modules)
+    model = method.build(loader).eval()
+    assert not method.trains and count_parameters(model, loader.head_modules)["trainable_params"] == 0
+    metrics = untrained_metrics(model)
+    assert metrics["train_steps"] == 0 and metrics["loss_curve"] == [] and math.isnan(metrics["peak_train_mem_mb"])
+    method.save(model, tmp_path)
+    assert not list(tmp_path.glob("*.safetensors"))  # a pointer to the base, not a copy of it
+    batch = collator(rows[:4])
+    with torch.no_grad():
+        reloaded = method.load_trained(loader, tmp_path).eval()
+        # the encoder and the pooler are the checkpoint's; only the fresh classifier head differs per load
+        assert torch.equal(model.bert(input_ids=batch["input_ids"]).last_hidden_state,
+                           reloaded.bert(input_ids=batch["input_ids"]).last_hidden_state)
+    with pytest.raises(FileNotFoundError, match="base"):
+        method.load_trained(loader, tmp_path / "elsewhere")
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))

@@ -61,3 +61,25 @@ def test_qlora_on_distilbert_keeps_tied_and_task_heads_in_full_precision(tiny_di
         assert loader.lm_kind == "masked" and 1 < result["perplexity"] < float("inf")
     else:
         assert "pre_classifier" in loader.head_modules and 0 <= result["accuracy"] <= 1
+
+
+def test_mean_pooling_reads_the_mean_of_real_tokens_and_ignores_padding():
+    import torch
+    from transformers import AutoTokenizer
+
+    from lorabench.models import MeanPooler
+
+    loader = ModelLoader(MINILM, "classification", 2, pooling="mean")
+    model = loader.load().eval()
+    assert isinstance(model.bert.pooler, MeanPooler)
+    tok = AutoTokenizer.from_pretrained(MINILM)
+    short = tok(["a gripping, funny film"], return_tensors="pt")
+    padded = tok(["a gripping, funny film"], padding="max_length", max_length=24, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**short).logits
+        hidden = model.bert(**short).last_hidden_state
+        assert torch.allclose(model(**padded).logits, logits, atol=1e-5)  # padding changes nothing
+        expected = model.classifier(hidden.mean(dim=1))  # no padding here: the plain mean
+    assert torch.allclose(logits, expected, atol=1e-5)
+    cls_model = ModelLoader(MINILM, "classification", 2).load().eval()
+    assert type(cls_model.bert.pooler).__name__ == "BertPooler"  # the default keeps the checkpoint's head

@@ -83,6 +83,32 @@ def _check_quantization(name: str, entry: dict, default_quantize: str) -> None:
             f"'{quantize}'; drop compute_dtype or set quantize to nf4 or fp4")
 
 
+def _expand_lr_grid(config: dict) -> None:
+    """A learning-rate sweep (``lr_grid``) becomes one variant per rate (lorabench.lr_sweep), each scored on a
+    slice held out from the train split: a dataset without ``holdout_size`` is refused, never scored on its
+    eval split. Idempotent: a config validated twice expands once."""
+    from lorabench.lr_sweep import expand_grid, grid_variants
+
+    grid = config.get("lr_grid") or {}
+    if not grid:
+        return
+    variants = grid_variants(grid)
+    todo = {}
+    for entry, rates in grid.items():
+        if entry in config["methods"]:
+            todo[entry] = rates
+        elif not all(v in config["methods"] for v, (e, _) in variants.items() if e == entry):
+            raise ConfigError(f"config key 'lr_grid.{entry}': not a key of 'methods' "
+                              f"(defined: {', '.join(config['methods'])})")
+    for name, ds in config["datasets"].items():
+        if not ds.get("holdout_size"):
+            raise ConfigError(
+                f"config key 'datasets.{name}.holdout_size': a learning-rate sweep (lr_grid) scores each rate on a "
+                "slice held out from the train split, never on the eval split; set holdout_size to its number of "
+                "examples (language modelling: windows)")
+    config["methods"] = expand_grid(config["methods"], todo)
+
+
 def _fill_defaults(config: dict, schema: dict) -> None:
     """Fill ``default`` values of the schema into the config (the parts Snakemake jobs read); every methods
     entry gets its ``type`` written out."""
@@ -94,9 +120,14 @@ def _fill_defaults(config: dict, schema: dict) -> None:
         for key, sub in schema["properties"][section]["properties"].items():
             if "default" in sub:
                 config[section].setdefault(key, sub["default"])
+    for section in ("datasets", "models"):
+        entry_schema = schema["properties"][section]["additionalProperties"]["properties"]
+        for entry in config[section].values():
+            for key, sub in entry_schema.items():
+                if "default" in sub:
+                    entry.setdefault(key, sub["default"])
     for ds in config["datasets"].values():
         ds.setdefault("config_name", None)
-        ds.setdefault("num_labels", 2)
         ds.setdefault("label_field", None)
         ds.setdefault("stride", ds["max_length"])
     for model in config["models"].values():
@@ -129,6 +160,10 @@ def _semantic_checks(config: dict) -> None:
                 "windows would skip tokens (allowed: 1..max_length)"
             )
     for name, params in config["methods"].items():
+        unknown = [d for d in params.get("datasets", []) if d not in config["datasets"]]
+        if unknown:
+            raise ConfigError(f"config key 'methods.{name}.datasets': {', '.join(map(repr, unknown))} is not a key "
+                              f"of 'datasets' (defined: {', '.join(config['datasets'])})")
         if "prune_start_frac" in params and params["prune_start_frac"] > params["prune_end_frac"]:
             raise ConfigError(
                 f"config key 'methods.{name}.prune_start_frac': {params['prune_start_frac']} is after "
@@ -143,6 +178,7 @@ def _semantic_checks(config: dict) -> None:
     _check_precision(config)
     _check_sources(config)
     _check_ranks(config)
+    _check_pooling(config)
     _check_contextual_sparsity(config)
 
 
@@ -200,6 +236,21 @@ def _check_sources(config: dict) -> None:
             f"config key 'snapshots': empty (download from the hub) but HF_HUB_OFFLINE is set, so "
             f"'{repos[0][1]}' cannot be fetched; set --config snapshots=PATH to a folder laid out like ../shared/hf"
         )
+
+
+def _check_pooling(config: dict) -> None:
+    """Mean pooling replaces a [CLS] pooler module: refused for an architecture without one (read from the
+    snapshot's config; without a snapshot the load refuses it with the same message)."""
+    from lorabench.models import POOLER_OWNERS, model_shape
+
+    for name, model in config["models"].items():
+        if model["pooling"] != "mean":
+            continue
+        shape = model_shape(config["snapshots"], model)
+        if shape and shape.model_type not in POOLER_OWNERS:
+            raise ConfigError(
+                f"config key 'models.{name}.pooling': mean pooling replaces the [CLS] pooler, which architecture "
+                f"'{shape.model_type}' does not have (available for: {', '.join(POOLER_OWNERS)}); set it to cls")
 
 
 def _check_ranks(config: dict) -> None:
@@ -262,6 +313,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(_explain(best))
     _validate_methods(config, schema)
+    _expand_lr_grid(config)
     _fill_defaults(config, schema)
     _semantic_checks(config)
     return config

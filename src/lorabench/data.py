@@ -38,6 +38,58 @@ def fixed_subset(n_rows: int, size: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n_rows)[:size])
 
 
+def _check_holdout(n_rows: int, train_size: int | None, holdout_size: int, key: str) -> None:
+    if holdout_size >= n_rows or (train_size or 0) + holdout_size > n_rows:
+        raise ValueError(f"config key '{key}': the train split has {n_rows} examples, too few to hold out "
+                         f"{holdout_size} besides train_size {train_size}; lower holdout_size or train_size")
+
+
+def _joined_ids(tok, raw_dir, split: str, text_field: str) -> list[int]:
+    df = pd.read_parquet(Path(raw_dir) / f"{split}.parquet")
+    return tok("\n\n".join(t for t in df[text_field] if t is not None), add_special_tokens=False)["input_ids"]
+
+
+def split_rows(n_rows: int, train_size: int | None, holdout_size: int | None, seed: int,
+                key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows) of a train split, disjoint, each in original order. The training subset is
+    the same as ``fixed_subset`` gives without a holdout (the first rows of the seeded shuffle); the holdout is
+    taken from the end of that shuffle. ``key`` names the setting in the error raised when they do not fit."""
+    if not holdout_size:
+        return fixed_subset(n_rows, train_size, seed), np.arange(0)
+    _check_holdout(n_rows, train_size, holdout_size, key)
+    perm = np.random.default_rng(seed).permutation(n_rows)
+    train = perm[: train_size if train_size else n_rows - holdout_size]
+    return np.sort(train), np.sort(perm[n_rows - holdout_size:])
+
+
+def truncated_ids(tok, texts: list[str], max_length: int, truncation: str, head_fraction: float) -> list[list[int]]:
+    """Token ids of ``texts`` cut to ``max_length`` with the tokenizer's special tokens: the first tokens
+    ('head', the tokenizer's own truncation), or the first ``head_fraction`` of the budget and the rest from
+    the end ('head_tail')."""
+    if truncation == "head":
+        return tok(texts, truncation=True, max_length=max_length)["input_ids"]
+    # The tokenizer's special tokens around a text, read off one encoded word (transformers 5's fast
+    # tokenizers have no build_inputs_with_special_tokens).
+    word = tok("a", add_special_tokens=False)["input_ids"]
+    framed = tok("a")["input_ids"]
+    at = next(i for i in range(len(framed)) if framed[i:i + len(word)] == word)
+    prefix, suffix = framed[:at], framed[at + len(word):]
+    budget = max_length - len(prefix) - len(suffix)
+    head = round(head_fraction * budget)
+    out = []
+    for ids in tok(texts, add_special_tokens=False, verbose=False)["input_ids"]:
+        if len(ids) > budget:
+            ids = ids[:head] + ids[len(ids) - (budget - head):]
+        out.append(prefix + ids + suffix)
+    return out
+
+
+def evaluated_split(ds: dict) -> str:
+    """The split a dataset's reported metric comes from: its eval split, or the slice held out of its train
+    split (a learning-rate sweep)."""
+    return f"{ds['train_split']}[held out: {ds['holdout_size']}]" if ds["holdout_size"] else ds["eval_split"]
+
+
 def lm_blocks(ids: list[int], block: int, stride: int, limit: int | None, first_window_full: bool = True):
     """Windows of ``block`` tokens every ``stride`` tokens; labels score only the last ``stride`` tokens.
 
@@ -58,33 +110,55 @@ def lm_blocks(ids: list[int], block: int, stride: int, limit: int | None, first_
     return inputs, labels
 
 
-def tokenize_dataset(ds: dict, model_dir, raw_dir, subset_seed: int, out_dir) -> None:
-    """Tokenize the train and eval subsets of one dataset for one model; write ``out_dir/{train,eval}``."""
+def tokenize_dataset(ds: dict, model_dir, raw_dir, subset_seed: int, out_dir, name: str = "<dataset>") -> None:
+    """Tokenize the train and eval subsets of one dataset (config key ``name``) for one model; write
+    ``out_dir/{train,eval}``. With ``holdout_size`` the eval part is held out of the train split instead."""
     import datasets
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
+    holdout_key = f"datasets.{name}.holdout_size"
     parts, meta = {}, {}
-    for role, split, size in ((TRAIN, ds["train_split"], ds["train_size"]), (EVAL, ds["eval_split"], ds["eval_size"])):
-        df = pd.read_parquet(Path(raw_dir) / f"{split}.parquet")
-        if ds["task"] == "classification":
-            rows = fixed_subset(len(df), size, subset_seed)
-            sub = df.iloc[rows]
-            enc = tok(list(sub[ds["text_field"]]), truncation=True, max_length=ds["max_length"])
-            parts[role] = datasets.Dataset.from_dict(
-                {"example_id": rows.tolist(), "input_ids": enc["input_ids"], "labels": sub[ds["label_field"]].tolist()}
-            )
+    if ds["task"] == "classification":
+        train_df = pd.read_parquet(Path(raw_dir) / f"{ds['train_split']}.parquet")
+        train_rows, held_rows = split_rows(len(train_df), ds["train_size"], ds["holdout_size"], subset_seed,
+                                           holdout_key)
+        if ds["holdout_size"]:
+            sources = {TRAIN: (train_df, train_rows), EVAL: (train_df, held_rows)}
         else:
-            # WikiText rows are lines; joined as in the usual perplexity recipe, then cut into windows.
-            text = "\n\n".join(t for t in df[ds["text_field"]] if t is not None)
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-            stride = ds["max_length"] if role == TRAIN else ds["stride"]
-            inputs, labels = lm_blocks(ids, ds["max_length"], stride, size)
-            if not inputs:
-                raise ValueError(f"split '{split}' has fewer than max_length={ds['max_length']} tokens")
+            eval_df = pd.read_parquet(Path(raw_dir) / f"{ds['eval_split']}.parquet")
+            sources = {TRAIN: (train_df, train_rows),
+                       EVAL: (eval_df, fixed_subset(len(eval_df), ds["eval_size"], subset_seed))}
+        for role, (df, rows) in sources.items():
+            sub = df.iloc[rows]
+            ids = truncated_ids(tok, list(sub[ds["text_field"]]), ds["max_length"], ds["truncation"],
+                                ds["head_fraction"])
             parts[role] = datasets.Dataset.from_dict(
-                {"example_id": list(range(len(inputs))), "input_ids": inputs, "labels": labels}
-            )
+                {"example_id": rows.tolist(), "input_ids": ids, "labels": sub[ds["label_field"]].tolist()})
+    else:
+        # WikiText rows are lines; joined as in the usual perplexity recipe, then cut into windows.
+        blocks, block_labels = lm_blocks(_joined_ids(tok, raw_dir, ds["train_split"], ds["text_field"]),
+                                         ds["max_length"], ds["max_length"], None)
+        if not blocks:
+            raise ValueError(f"split '{ds['train_split']}' has fewer than max_length={ds['max_length']} tokens")
+        if ds["holdout_size"]:
+            # Held-out windows: the last blocks of the train split, disjoint from the first train_size.
+            _check_holdout(len(blocks), ds["train_size"], ds["holdout_size"], holdout_key)
+            keep = len(blocks) - ds["holdout_size"]
+            held = blocks[keep:]
+            blocks, block_labels = blocks[:keep], block_labels[:keep]
+            eval_inputs, eval_labels = held, [list(b) for b in held]
+        else:
+            eval_inputs, eval_labels = lm_blocks(_joined_ids(tok, raw_dir, ds["eval_split"], ds["text_field"]),
+                                                 ds["max_length"], ds["stride"], ds["eval_size"])
+            if not eval_inputs:
+                raise ValueError(f"split '{ds['eval_split']}' has fewer than max_length={ds['max_length']} tokens")
+        size = ds["train_size"] or len(blocks)
+        for role, inputs, labels in ((TRAIN, blocks[:size], block_labels[:size]), (EVAL, eval_inputs, eval_labels)):
+            parts[role] = datasets.Dataset.from_dict(
+                {"example_id": list(range(len(inputs))), "input_ids": inputs, "labels": labels})
+    for role in (TRAIN, EVAL):
+        split = ds["train_split"] if role == TRAIN else evaluated_split(ds)
         lengths = [len(x) for x in parts[role]["input_ids"]]
         meta[role] = {"split": split, "examples": len(lengths), "tokens": int(sum(lengths)),
                       "mean_length": float(np.mean(lengths))}

@@ -12,7 +12,7 @@ import pandas as pd
 
 from lorabench import stats
 from lorabench.convergence import NO_PROGRESS, STILL_FALLING, TAIL_FRACTION, TOO_FEW
-from lorabench.metrics import SPARSE_ADAPTER_TYPES, primary_metric, variant_columns
+from lorabench.metrics import SPARSE_ADAPTER_TYPES, UNTRAINED, primary_metric, variant_columns
 
 NOT_ENOUGH = "Not enough data"
 
@@ -53,10 +53,13 @@ def _label(row) -> str:
 
 
 class Runs:
-    """The summary, with what matching variants needs: family, quantized or not, per-seed series."""
+    """The summary, with what matching variants needs: family, quantized or not, per-seed series. The untrained
+    base's rows are kept apart (``untrained``): it is a level to measure training against, not a method."""
 
     def __init__(self, summary: pd.DataFrame, baseline: str):
-        self.df, self.baseline = variant_columns(summary), baseline
+        df = variant_columns(summary)
+        is_base = df["method_type"] == UNTRAINED
+        self.df, self.untrained, self.baseline = df[~is_base], df[is_base], baseline
 
     def datasets(self):
         for dataset, g in self.df.groupby("dataset", sort=True):
@@ -79,6 +82,25 @@ class Runs:
         if match.empty:
             return None
         return self.baseline if self.baseline in set(match["method"]) else match["method"].iloc[0]
+
+
+def training_findings(runs: Runs) -> list[str]:
+    """Per dataset with an untrained base row: how far each trained variant moved the metric from it."""
+    out = []
+    for dataset, g, metric, higher in runs.datasets():
+        base = runs.untrained[runs.untrained["dataset"] == dataset]
+        if base.empty:
+            continue
+        level = float(base[metric].mean())
+        parts = []
+        for method, h in g.groupby("method", sort=True):
+            values = h[metric]
+            change = 100.0 * (values.mean() / level - 1)
+            _, _, lo, hi = stats.t_interval(100.0 * (values / level - 1))
+            parts.append(f"{method} {fmt_number(values.mean())}, {change:+.1f}%{ci_text(lo, hi)}")
+        out.append(f"**{dataset}**: the untrained base scores {metric} {fmt_number(level)}; after training: "
+                   + "; ".join(parts) + ".")
+    return out or [f"{NOT_ENOUGH}: the config runs no untrained `base` entry (`base: {{}}` adds one)."]
 
 
 def sparsity_findings(runs: Runs) -> list[str]:
@@ -272,6 +294,7 @@ def limits(runs: Runs) -> list[str]:
 def discussion_lines(summary: pd.DataFrame, baseline: str) -> list[str]:
     runs = Runs(summary, baseline)
     sections = [
+        ("Did training move the metric? (against the untrained base)", training_findings(runs)),
         ("What does adapter sparsity cost?", sparsity_findings(runs)),
         ("What does quantization cost, and what does it save?", quantization_findings(runs)),
         ("High rank (HiRA) against low rank (LoRA) at the same parameter count", rank_findings(runs)),

@@ -90,15 +90,21 @@ def torch_counted_step_flops(model, length: float, vocab: int) -> int:
 
 
 def count(model, eval_length: float, train_length: float, vocab: int) -> dict:
+    """Inference FLOPs per example and, for a model with trainable weights, training FLOPs per example (fvcore's
+    estimate, checked against torch's counter); the untrained base trains nothing, so those are NaN."""
     macs, _ = forward_macs(model, eval_length, vocab)
+    inference = {"macs_per_example": macs, "flops_per_example": 2 * macs, "eval_mean_length_tokens": eval_length}
+    if not any(p.requires_grad for p in model.parameters()):
+        nan = float("nan")
+        return {**inference, "train_flops_per_example": nan, "train_mean_length_tokens": train_length,
+                "backward_multiplier": nan, "train_step_flops_torch_counter": nan,
+                "train_flops_vs_torch_counter_ratio": nan}
     train_macs, trainable_macs = forward_macs(model, train_length, vocab)
     mult = backward_multiplier(train_macs, trainable_macs)
     step_flops = 2 * train_macs * (1 + mult)
     measured = torch_counted_step_flops(model, train_length, vocab)
     return {
-        "macs_per_example": macs,
-        "flops_per_example": 2 * macs,
-        "eval_mean_length_tokens": eval_length,
+        **inference,
         "train_flops_per_example": step_flops,
         "train_mean_length_tokens": train_length,
         "backward_multiplier": mult,

@@ -39,6 +39,10 @@ def perplexity(nll_sum, token_count) -> float:
 #: drawn as that type's variants.
 ADAPTER_FAMILY = {"qlora": "lora"}
 
+#: The method type that trains nothing (the pretrained model evaluated as it is): a reference level for the
+#: metric, left out of every comparison of training cost.
+UNTRAINED = "base"
+
 #: Adapter types whose variants differ in adapter sparsity (figures and the discussion put them on that axis).
 SPARSE_ADAPTER_TYPES = ("sparse_lora_l1", "sparse_lora_magnitude", "sparse_lora_structured")
 

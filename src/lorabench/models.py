@@ -29,6 +29,10 @@ LM_OUTPUT_MODULES: dict[str, list[str]] = {
     "llama": ["lm_head"],
 }
 
+# Where each architecture's sentence pooler sits in its sequence-classification model (pooling: mean replaces
+# it). DistilBERT and Llama have no pooler module (they read one token), so mean pooling is not offered there.
+POOLER_OWNERS: dict[str, str] = {"bert": "bert"}
+
 # Files copied from a snapshot: configs, tokenizers and safetensors weights only (never pickles).
 _COPY_SUFFIXES = (".json", ".txt", ".model", ".safetensors")
 
@@ -166,6 +170,40 @@ def model_shape(snapshots: str, model: dict) -> ModelShape | None:
                       hidden // heads * kv_heads if hidden and heads else None)
 
 
+class MeanPooler(torch.nn.Module):
+    """The mean of the last hidden states over the real tokens, in place of BERT's [CLS] pooler. Sentence-
+    transformers encoders (all-MiniLM-L6-v2) were trained with this pooling; their checkpoint's pooler dense
+    layer was never trained. No weights: the classifier reads the mean directly."""
+
+    def __init__(self):
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def remember_mask(self, module, args, kwargs):
+        """Forward pre-hook on the encoder: keep this forward's attention mask (the pooler is called without)."""
+        self.mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.mask is None:
+            return hidden.mean(dim=1)
+        weights = self.mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def use_mean_pooling(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace the [CLS] pooler of a sequence-classification model by ``MeanPooler``."""
+    model_type = model.config.model_type
+    if model_type not in POOLER_OWNERS:
+        raise ValueError(f"pooling 'mean' is not available for architecture '{model_type}' (available for: "
+                         f"{', '.join(POOLER_OWNERS)}); set models.<name>.pooling to cls")
+    encoder = getattr(model, POOLER_OWNERS[model_type])
+    pooler = MeanPooler()
+    encoder.pooler = pooler
+    # A bound method, so that a deep copy of the model (merge-error probes) hooks its own copy of the pooler.
+    encoder.register_forward_pre_hook(pooler.remember_mask, with_kwargs=True)
+    return model
+
+
 def language_model_kind(config) -> str:
     """'causal' for decoders, 'masked' for encoders: the model, not the config, decides perplexity's kind."""
     archs = getattr(config, "architectures", None) or []
@@ -177,15 +215,25 @@ def language_model_kind(config) -> str:
 class ModelLoader:
     """Loads the fetched base model with the head its task needs; methods call it (QLoRA with quantization)."""
 
-    def __init__(self, model_dir: str | Path, task: str, num_labels: int = 2, target_override=None):
+    def __init__(self, model_dir: str | Path, task: str, num_labels: int = 2, target_override=None,
+                 pooling: str = "cls"):
         from transformers import AutoConfig
 
         self.model_dir = str(model_dir)
         self.task = task
+        #: Sentence classification reads the [CLS] pooler ('cls', the checkpoint's own head) or the mean of the
+        #: token states ('mean', what sentence-transformers encoders were trained with).
+        self.pooling = pooling
         self.num_labels = num_labels
         self.config = AutoConfig.from_pretrained(self.model_dir)
         self.lm_kind = language_model_kind(self.config) if task == "language_modeling" else None
         self.target_modules = target_modules_for(self.config.model_type, target_override)
+
+    @classmethod
+    def for_dataset(cls, model_dir, dataset: dict, model_cfg: dict) -> "ModelLoader":
+        """The loader a config's dataset entry and its model entry ask for (head, labels, targets, pooling)."""
+        return cls(model_dir, dataset["task"], dataset.get("num_labels", 2), model_cfg.get("target_modules"),
+                   model_cfg.get("pooling", "cls"))
 
     @property
     def peft_task_type(self) -> str | None:
@@ -212,6 +260,8 @@ class ModelLoader:
         kwargs.setdefault("use_safetensors", True)  # never unpickle weights
         if self.task == "classification":
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=self.num_labels, **kwargs)
+            if self.pooling == "mean":
+                model = use_mean_pooling(model)
         elif self.lm_kind == "causal":
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         else:

@@ -9,7 +9,7 @@ from typing import Iterable
 import pandas as pd
 import plotnine as p9
 
-from lorabench.metrics import SPARSE_ADAPTER_TYPES, variant_columns
+from lorabench.metrics import SPARSE_ADAPTER_TYPES, UNTRAINED, variant_columns
 from lorabench.stats import pareto_front
 
 METHOD_COLOURS = {
@@ -37,6 +37,7 @@ def figures_for(method_types: Iterable[str], quantize: Iterable[str] = ()) -> li
     variants, and the quantize settings of their bases)."""
     types, bits = set(method_types), set(quantize) - {"none", None}
     return (FIGURES + (["adalora_ranks"] if "adalora" in types else [])
+            + (["sparselora_speed"] if "sparselora" in types else [])
             + (["metric_vs_sparsity"] if types & set(SPARSE_ADAPTER_TYPES) else [])
             + (["bits"] if bits or "qlora" in types else []))
 
@@ -163,7 +164,12 @@ def draw_all(summary_csv, out_dir, train_metrics=(), baseline: str = "lora") -> 
     """Every figure of ``figures_for`` the summary's method types; ``train_metrics`` are the runs'
     training-metrics files (loss curves, AdaLoRA's per-layer ranks)."""
     df = variant_columns(task_metric(pd.read_csv(summary_csv)))
-    cols = ["metric", "trainable_params", "train_time_s", "peak_train_mem_mb", "peak_infer_mem_mb", "throughput_per_s",
+    # The untrained base is a level, not a method: a dashed line where the metric is drawn, absent elsewhere.
+    untrained = df[df["method_type"] == UNTRAINED].groupby("panel", as_index=False)["metric"].mean()
+    df = df[df["method_type"] != UNTRAINED]
+    level = [p9.geom_hline(p9.aes(yintercept="metric"), data=untrained, linetype="dashed", colour="grey")]
+    df["step_time_s"] = df["train_time_s"] / df["train_steps"]
+    cols = ["metric", "trainable_params", "train_time_s", "step_time_s", "ffn_matmul_fraction", "peak_train_mem_mb", "peak_infer_mem_mb", "throughput_per_s",
             "adapter_sparsity", "adapter_params", "base_weight_bits"]
     s = seed_summary(df, [c for c in cols if c in df])
     s = s.merge(df.drop_duplicates("method")[["method", "quantize", "family"]], on="method", how="left")
@@ -179,10 +185,11 @@ def draw_all(summary_csv, out_dir, train_metrics=(), baseline: str = "lora") -> 
     s["curve"] = s["method_type"] + " / " + s["quantize"]
     sizes = s.groupby("curve")["trainable_params"].transform("nunique")
     curves = p9.geom_line(p9.aes(group="curve"), data=s[sizes > 1].sort_values("trainable_params"), alpha=0.6)
-    _save(p9.ggplot(s, p9.aes("trainable_params", "metric", **by_type)) + curves + errorbar + p9.geom_point(size=3)
-          + p9.scale_x_log10() + p9.facet_wrap("~panel", scales="free")
+    _save(p9.ggplot(s, p9.aes("trainable_params", "metric", **by_type)) + level + curves + errorbar
+          + p9.geom_point(size=3) + p9.scale_x_log10() + p9.facet_wrap("~panel", scales="free")
           + p9.labs(x="trainable parameters (count, log scale)", y="task metric (mean over seeds, 95% CI)",
-                    title="Task metric vs trainable parameters") + _theme(12, height),
+                    title="Task metric vs trainable parameters"
+                          + (" (dashed: the untrained base)" if len(untrained) else "")) + _theme(12, height),
           f"{out_dir}/metric_vs_trainable_params")
     if "throughput_per_s" in s:
         _save(p9.ggplot(s, p9.aes("throughput_per_s", "metric", **by_type)) + errorbar + p9.geom_point(size=3)
@@ -231,6 +238,8 @@ def draw_all(summary_csv, out_dir, train_metrics=(), baseline: str = "lora") -> 
         draw_sparsity(s, baseline, f"{out_dir}/metric_vs_sparsity", height)
     if "bits" in wanted:
         draw_bits(s, f"{out_dir}/bits")
+    if "sparselora_speed" in wanted:
+        draw_sparselora_speed(s, baseline, f"{out_dir}/sparselora_speed")
 
 
 def _sparsity_curves(s: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -252,6 +261,23 @@ def draw_sparsity(s: pd.DataFrame, baseline: str, out_prefix, height: float) -> 
                     y="task metric (mean over seeds, 95% CI)",
                     title=f"Task metric against adapter sparsity (the curves start at {baseline}, the dense adapter)")
           + _theme(12, height), out_prefix)
+
+
+def draw_sparselora_speed(s: pd.DataFrame, baseline: str, out_prefix) -> None:
+    """Contextual sparsity's trade: seconds per optimizer step against the task metric, each SparseLoRA variant
+    (labelled with the share of FFN multiply-adds it still computed) beside the dense baseline."""
+    pts = s[(s["method_type"] == "sparselora") | (s["method"] == baseline)].copy()
+    pts["label"] = [m if t != "sparselora" else f"{m} ({100 * f:.0f}% of FFN MACs)"
+                    for m, t, f in zip(pts["method"], pts["method_type"], pts["ffn_matmul_fraction"])]
+    _save(p9.ggplot(pts, p9.aes("step_time_s", "metric", colour="method_type"))
+          + p9.geom_linerange(p9.aes(ymin="metric_lo", ymax="metric_hi"))
+          + p9.geom_segment(p9.aes(x="step_time_s_lo", xend="step_time_s_hi", y="metric", yend="metric"))
+          + p9.geom_point(size=3) + p9.geom_text(p9.aes(label="label"), size=7, va="bottom", ha="left")
+          + p9.facet_wrap("~panel", scales="free")
+          + p9.labs(x="training time per optimizer step (s, mean over seeds, 95% CI)",
+                    y="task metric (mean over seeds, 95% CI)",
+                    title=f"SparseLoRA: speed against task metric ({baseline}: the dense reference)")
+          + _theme(12, 4.5), out_prefix)
 
 
 def _bits_label(row) -> str:

@@ -10,7 +10,7 @@ import pandas as pd
 from lorabench import stats
 from lorabench.convergence import MAX_P, NO_PROGRESS, STEEP_DROP, STILL_FALLING, TAIL_FRACTION, TOO_FEW
 from lorabench.discussion import ci_text, discussion_lines, fmt_number
-from lorabench.metrics import primary_metric, variant_columns
+from lorabench.metrics import UNTRAINED, primary_metric, variant_columns
 from lorabench.plots import figures_for
 
 SUMMARY_METRICS = [
@@ -105,7 +105,8 @@ def tradeoff_sentences(by_method: pd.DataFrame, sig: pd.DataFrame, baseline: str
         b = base.iloc[0]
         unit = "accuracy points" if task == "classification" else "perplexity"
         scale = 100.0 if task == "classification" else 1.0
-        for _, r in g[g["method"] != baseline].iterrows():
+        trained = g[(g["method"] != baseline) & (g.get("method_type", g["method"]) != UNTRAINED)]
+        for _, r in trained.iterrows():
             s = sig[(sig["dataset"] == dataset) & (sig["method"] == r["method"])] if not sig.empty else sig
             p = s["p_paired_t_holm"].iloc[0] if not s.empty else np.nan
             delta = scale * (r[f"{metric}_mean"] - b[f"{metric}_mean"])
@@ -162,6 +163,8 @@ def convergence_table(summary: pd.DataFrame) -> pd.DataFrame:
     (lorabench.convergence), the mean fall over the last tenth of steps, and the final loss."""
     if "convergence" not in summary:
         return pd.DataFrame()
+    if "method_type" in summary:
+        summary = summary[summary["method_type"] != UNTRAINED]
     g = summary.groupby(["dataset", "method"], sort=True)
     out = pd.DataFrame({
         "seeds": g["seed"].nunique(),

@@ -19,13 +19,13 @@ import psutil
 import torch
 
 from lorabench.config import TrainingSettings
-from lorabench.data import EVAL, TRAIN, Collator, load_tokenized
+from lorabench.data import EVAL, TRAIN, Collator, evaluated_split, load_tokenized
 from lorabench.evaluate import evaluate
 from lorabench.memory import PhaseMemory
 from lorabench.methods import build_method, count_parameters, method_type
 from lorabench.models import ModelLoader
 from lorabench.precision import resolve_precision
-from lorabench.trainer import RunId, train
+from lorabench.trainer import RunId, train, untrained_metrics
 from lorabench.utils import (atomic_dir, device_name, dir_size_mb, package_versions, read_json, resolve_device,
                              seed_everything, set_threads, write_json)
 
@@ -53,7 +53,7 @@ def _setup(model_dir, dataset: dict, model_cfg: dict, method_name: str, method_p
     set_threads(threads)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    loader = ModelLoader(model_dir, dataset["task"], dataset.get("num_labels", 2), model_cfg.get("target_modules"))
+    loader = ModelLoader.for_dataset(model_dir, dataset, model_cfg)
     method = build_method(method_name, method_params, loader.target_modules, prec, method_inputs)
     return loader, method, dev, prec
 
@@ -85,8 +85,11 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
     run = RunId(method_name, dataset_name, seed)
     clock.lap("load")
     wall = time.perf_counter()
-    result = train(model, method, rows, collator, settings, method_params["lr"], seed, dev, run, memory,
-                   checkpoint_dir, prec)
+    if method.trains:
+        result = train(model, method, rows, collator, settings, method_params["lr"], seed, dev, run, memory,
+                       checkpoint_dir, prec)
+    else:
+        result = untrained_metrics(model.to(dev), prec)
     clock.lap("train_loop")
     with atomic_dir(out_model_dir) as tmp:
         method.save(model, tmp)
@@ -110,7 +113,7 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
         **result, **counts, **method.report(model),
         "method": method_name, "method_type": method_type(method_name, method_params), "dataset": dataset_name,
         "seed": seed, "model_repo": model_cfg["repo"],
-        "task": dataset["task"], "train_split": dataset["train_split"], "eval_split": dataset["eval_split"],
+        "task": dataset["task"], "train_split": dataset["train_split"], "eval_split": evaluated_split(dataset),
         "device": device_name(dev), "device_type": dev.type, "torch_threads": torch.get_num_threads(),
         "device_hours": hours, "cost_usd": hours * cost_per_device_hour.get(dev.type, 0.0),
         "lr_reason": method_params.get("lr_reason", ""), "versions": package_versions(),

@@ -155,6 +155,19 @@ def optimizer_step(params, optimizer, scheduler, scaler, max_grad_norm: float, b
     return scale is None or scaler.get_scale() >= scale
 
 
+def untrained_metrics(model, precision: Precision = FP32) -> dict:
+    """The training metrics of a run with no training loop (the untrained base): zero steps, no time, no
+    training memory (NaN: there was no phase to measure), the same keys as ``train``'s."""
+    return {"train_steps": 0, "train_examples_seen": 0, "train_tokens_seen": 0, "train_time_s": 0.0,
+            "train_time_per_epoch_s": 0.0, "epoch_times_s": [], "epochs_run": 0,
+            "train_tokens_per_s": float("nan"), "train_examples_per_s": float("nan"),
+            "peak_train_mem_mb": float("nan"), **stored_bytes(model), "optimizer_state_bytes": 0,
+            "final_train_loss": float("nan"), "first_train_loss": float("nan"), "loss_curve": [],
+            "lr": float("nan"), "resumed_from_step": 0, "train_flops": 0, "train_flops_per_token": {},
+            "train_tokens_by_phase": {}, "precision": precision.name, "precision_requested": precision.requested,
+            "fp16_skipped_steps": 0}
+
+
 def train(model, method, rows: list[dict], collator, settings: TrainingSettings, lr: float, seed: int,
           device: torch.device, run: RunId, memory: PhaseMemory | None = None, checkpoint_dir=None,
           precision: Precision = FP32) -> dict:

@@ -9,7 +9,7 @@ rule aggregate:
     input:
         train=all_runs(f"{RUN}/train_metrics.json"),
         evaluation=all_runs(f"{RUN}/eval_metrics.json"),
-        efficiency=expand("results/efficiency/{dataset}/{method}.json", dataset=DATASETS, method=METHODS),
+        efficiency=all_pairs("results/efficiency/{dataset}/{method}.json"),
     output:
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Tables"),
     log:
@@ -56,3 +56,19 @@ rule plot:
         "results/benchmarks/plot.tsv"
     script:
         "../scripts/plot.py"
+
+
+# A learning-rate sweep (lr_grid): the held-out metric of every rate, and the rate chosen per dataset.
+rule lr_choice:
+    input:
+        summary="results/summary.csv",
+    output:
+        table=report("results/lr_choice.csv", caption="../report/lr_choice.rst", category="Tables"),
+    params:
+        lr_grid=config.get("lr_grid") or {},
+    log:
+        "results/logs/lr_choice.log",
+    benchmark:
+        "results/benchmarks/lr_choice.tsv"
+    script:
+        "../scripts/lr_choice.py"

@@ -58,13 +58,19 @@ def method_inputs(wildcards):
     return {}
 
 
+def run_settings(method):
+    """A method's settings as its jobs see them: without `datasets`, which says where it runs, not how (adding
+    a dataset to the list reruns nothing that already ran)."""
+    return {k: v for k, v in config["methods"][method].items() if k != "datasets"}
+
+
 def run_params(wildcards):
     """What one run depends on, and nothing more: other methods' settings do not rerun it."""
     ds = config["datasets"][wildcards.dataset]
     return {
         "dataset": ds,
         "model_cfg": config["models"][ds["model"]],
-        "method_params": config["methods"][wildcards.method],
+        "method_params": run_settings(wildcards.method),
         "training": config["training"],
         "evaluation": {k: config["evaluation"][k] for k in EVAL_KEYS_OF_TRAIN},
         "device": config["device"],
@@ -79,16 +85,26 @@ def efficiency_params(wildcards):
     return {
         "dataset": ds,
         "model_cfg": config["models"][ds["model"]],
-        "method_params": architecture_params(wildcards.method, config["methods"][wildcards.method]),
+        "method_params": architecture_params(wildcards.method, run_settings(wildcards.method)),
         "evaluation": {k: config["evaluation"][k] for k in EVAL_KEYS_OF_EFFICIENCY},
         "device": config["device"],
         "precision": config["precision"],
     }
 
 
+# The (dataset, method) pairs of the config: a method's `datasets` setting restricts it (the untrained base on
+# language modelling only); without it, a method covers every dataset.
+PAIRS = [(d, m) for d in DATASETS for m in METHODS if d in config["methods"][m].get("datasets", DATASETS)]
+
+
+def all_pairs(pattern):
+    """``pattern`` for every (dataset, method) pair of the config."""
+    return [pattern.format(dataset=d, method=m) for d, m in PAIRS]
+
+
 def all_runs(pattern):
-    """``pattern`` for every (dataset, method, seed)."""
-    return expand(pattern, dataset=DATASETS, method=METHODS, seed=SEEDS)
+    """``pattern`` for every (dataset, method, seed) of the config."""
+    return [pattern.format(dataset=d, method=m, seed=s) for d, m in PAIRS for s in SEEDS]
 
 
 def torch_resources(kind):

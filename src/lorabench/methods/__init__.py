@@ -7,7 +7,7 @@ per-step action it needs, and what it reports. The trainer calls the same hooks 
 from lorabench.methods.base import METHODS, Method, count_parameters, register  # noqa: F401
 from lorabench.precision import FP32, Precision
 from lorabench.methods import (  # noqa: F401  (registration)
-    adalora, full_ft, hira, lora, peft_generic, sparse_lora, sparselora)
+    adalora, full_ft, hira, lora, peft_generic, sparse_lora, sparselora, untrained)
 from lorabench.schema import method_defaults
 
 

@@ -56,6 +56,8 @@ def count_parameters(model: torch.nn.Module, head_modules: list[str]) -> dict[st
 class Method:
     """Base class; subclasses are registered with ``@register("name")``."""
 
+    #: False for the untrained base: the job evaluates the model without a training loop.
+    trains = True
     #: True when the saved folder is a PEFT adapter (loaded on top of the base), False for a full model.
     saves_adapter = True
     #: True when the adapter can be merged into the base weights for deployment (latency measured both ways).
