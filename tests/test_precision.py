@@ -53,6 +53,28 @@ def test_each_precision_trains_lowers_the_loss_and_is_recorded(precision, tokeni
     assert {t.dtype for t in load_file(out / "model" / "adapter_model.safetensors").values()} == {torch.float32}
 
 
+def test_gradient_checkpointing_trains_the_same_run_and_is_part_of_the_params(tokenized, tmp_path):
+    """Recomputing activations changes where memory goes, not what is computed: same losses, same
+    evaluation (dropout's RNG is replayed in the recomputation)."""
+    runs = {}
+    for ckpt in (False, True):
+        out = tmp_path / str(ckpt)
+        runs[ckpt] = train_run(
+            model_dir=str(MINILM), tokenized_dir=str(tokenized), out_model_dir=str(out / "model"),
+            out_metrics=str(out / "train.json"), out_eval_metrics=str(out / "eval.json"),
+            out_predictions=str(out / "pred.csv"), dataset_name="sst2", dataset=DATASET,
+            model_cfg={"repo": "sentence-transformers/all-MiniLM-L6-v2"}, method_name="lora",
+            method_params={"lr": 3e-3, "r": 8, "alpha": 16, "dropout": 0.1},
+            training={**TRAINING, "epochs": 1, "gradient_checkpointing": ckpt},
+            evaluation={"batch_size": 32, "mask_seed": 0}, seed=0, threads=2, device="cpu", precision="fp32",
+            cost_per_device_hour={})
+    plain, recomputed = ([p["loss"] for p in runs[c]["loss_curve"]] for c in (False, True))
+    assert len(plain) == 6 and plain == pytest.approx(recomputed, rel=1e-4)
+    assert runs[True]["gradient_checkpointing"] is True and runs[False]["gradient_checkpointing"] is False
+    assert read_json(tmp_path / "True" / "eval.json")["accuracy"] == pytest.approx(
+        read_json(tmp_path / "False" / "eval.json")["accuracy"], abs=1 / 50)
+
+
 @pytest.mark.parametrize("precision,dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_qlora_computes_in_the_run_precision_unless_it_overrides(precision, dtype):
     loader = ModelLoader(MINILM, "classification", 2)

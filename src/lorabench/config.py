@@ -362,6 +362,9 @@ class TrainingSettings:
     """Masking rate for masked-LM training and evaluation."""
     checkpoint_every: int = 0
     """Optimizer steps between resumable checkpoints; 0 disables them."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them (QLoRA's recipe):
+    less training memory for every method alike, at the cost of a second forward through each layer."""
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainingSettings":

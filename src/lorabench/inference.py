@@ -34,19 +34,38 @@ def latency_times_ms(model, rows, collator, device, n: int = 50, precision: Prec
 
 @torch.no_grad()
 def throughput_per_s(model, rows, collator, device, batch_size: int, max_examples: int = 64,
-                     precision: Precision = FP32) -> float:
-    """Examples per second through the forward pass at ``batch_size`` (after one warm-up batch)."""
+                     precision: Precision = FP32, warm_up: bool = True) -> float:
+    """Examples per second through the forward pass at ``batch_size`` (after one warm-up batch, unless the
+    caller has already run these shapes)."""
     model.eval()
     rows = rows[:max_examples]
     batches = [model_inputs(collator, rows[i : i + batch_size], device) for i in range(0, len(rows), batch_size)]
     with precision.autocast():
-        model(**batches[0])
+        if warm_up:
+            model(**batches[0])
         _sync(device)
         start = time.perf_counter()
         for batch in batches:
             model(**batch)
         _sync(device)
     return len(rows) / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def inference_memory(model, rows, collator, device, batch_size: int, memory, precision: Precision = FP32) -> dict:
+    """Peak memory of one forward over the first ``batch_size`` examples (the throughput batch) and of one
+    at batch 1 (a deployed model answering one request), each measured exact (memory.py) before any timing,
+    so that neither merging nor saving the model counts as inference."""
+    model.eval()
+    out = {}
+    for key, chunk in (("peak_infer_mem_mb", rows[:batch_size]), ("peak_infer_batch1_mem_mb", rows[:1])):
+        batch = model_inputs(collator, chunk, device)
+        memory.start(exact=True)
+        with precision.autocast():
+            model(**batch)
+        out[key] = memory.stop()
+        del batch
+    return out
 
 
 def model_inputs(collator, chunk, device) -> dict:
@@ -76,12 +95,14 @@ def timed(model, rows, collator, device, batch_size: int, n_latency: int, repeat
     One untimed pass first: each new input shape costs kernel selection once (oneDNN, cuBLAS), which is
     start-up, not latency."""
     latency_times_ms(model, rows, collator, device, n_latency, precision)
+    throughput_per_s(model, rows, collator, device, batch_size, precision=precision)
     medians, all_times, rates = [], [], []
     for _ in range(repeats):
         times = latency_times_ms(model, rows, collator, device, n_latency, precision)
         medians.append(float(np.median(times)))
         all_times += times
-        rates.append(throughput_per_s(model, rows, collator, device, batch_size, precision=precision))
+        rates.append(throughput_per_s(model, rows, collator, device, batch_size, precision=precision,
+                                      warm_up=False))
     _, _, lat_lo, lat_hi = t_interval(medians)
     thr, _, thr_lo, thr_hi = t_interval(rates)
     return {

@@ -2,7 +2,11 @@
 
 CPU: the kernel's high-water mark of this process's resident memory (VmHWM), reset at the start of each
 phase by writing 5 to /proc/self/clear_refs, minus the resident memory once every library is imported (so
-no phase is charged for the ~200 MB of imports). Where the counter cannot be reset (not Linux, or a kernel
+no phase is charged for the ~200 MB of imports). A phase measured ``exact`` runs with glibc's allocator
+returning every freed block above 64 KiB to the kernel at once (a fixed M_MMAP_THRESHOLD): otherwise glibc
+keeps freed activations for reuse and RSS climbs step after step, charging a method with the allocator's
+habits. That costs page faults (a SmolLM2 step runs ~1.6x slower), so the training loop is measured exact
+only on a few probe steps (``trainer.memory_probe_batches``) and runs relaxed otherwise. Where the counter cannot be reset (not Linux, or a kernel
 that refuses), the phase peaks are NaN and ``memory_note`` says why: a peak since the process started
 would charge one phase with another's. GPU: ``torch.cuda.max_memory_allocated`` after
 ``reset_peak_memory_stats``. docs/methodology.md has the details and the limits.
@@ -19,6 +23,11 @@ import torch
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
+EXACT_MMAP_THRESHOLD = 64 * 1024
+# glibc's own ceiling for its dynamic threshold on 64-bit: where it settles in a long run anyway. Setting any
+# value switches the dynamic adjustment off, so relaxed phases pin it there.
+RELAXED_MMAP_THRESHOLD = 32 * 2**20
 
 
 def import_libraries() -> None:
@@ -62,15 +71,24 @@ class PhaseMemory:
         self.note = "" if self.resettable and rss is not None else (
             "phase peaks unavailable: cannot reset the kernel's peak-RSS counter (/proc/self/clear_refs)")
 
-    def start(self) -> None:
+    def start(self, exact: bool = False) -> None:
         """Begin a phase: hand memory freed by earlier phases back to the kernel, then restart the peak
-        counter from the current usage."""
+        counter from the current usage. ``exact``: until ``stop``, freed blocks go back to the kernel at once."""
         gc.collect()
+        if exact and self.device.type != "cuda":
+            _set_mmap_threshold(EXACT_MMAP_THRESHOLD)
         _malloc_trim()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         elif self.resettable:
             _reset_high_water_mark()
+
+    def stop(self) -> float:
+        """End a phase: its peak, with the allocator back to its fast setting."""
+        peak = self.peak_mb()
+        if self.device.type != "cuda":
+            _set_mmap_threshold(RELAXED_MMAP_THRESHOLD)
+        return peak
 
     def peak_mb(self) -> float:
         """Peak of the current phase: CUDA allocator peak, or CPU peak RSS above the after-imports baseline."""
@@ -87,6 +105,13 @@ def _malloc_trim() -> None:
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim, and nothing retained the same way
+        pass
+
+
+def _set_mmap_threshold(nbytes: int) -> None:
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, nbytes)
+    except (OSError, AttributeError):  # not glibc: its allocator has its own habits, documented as a limit
         pass
 
 

@@ -16,7 +16,7 @@ from lorabench.plots import figures_for
 SUMMARY_METRICS = [
     "accuracy", "macro_f1", "perplexity", "trainable_params", "adapter_params", "head_params", "total_params",
     "train_time_s", "train_time_per_epoch_s", "train_tokens_per_s", "train_examples_per_s", "peak_train_mem_mb",
-    "peak_infer_mem_mb", "load_peak_mem_mb", "param_bytes", "grad_bytes", "optimizer_state_bytes", "latency_ms",
+    "peak_infer_mem_mb", "peak_infer_batch1_mem_mb", "load_peak_mem_mb", "param_bytes", "grad_bytes", "optimizer_state_bytes", "latency_ms",
     "latency_p95_ms", "latency_merged_ms", "throughput_per_s",
     "throughput_merged_per_s", "adapter_size_mb", "model_size_mb", "flops_per_example", "train_flops",
     "device_hours", "cost_usd", "adapter_sparsity", "effective_rank",

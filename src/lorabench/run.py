@@ -132,7 +132,7 @@ def efficiency_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_c
     measured once per (method, dataset) on the model as built for seed 0, saved and loaded back the way a
     trained run is deployed; a learning-rate change does not rerun this job."""
     from lorabench import flops
-    from lorabench.inference import measure
+    from lorabench.inference import inference_memory, measure
     from lorabench.quantization import full_precision
 
     clock = PhaseClock()
@@ -147,11 +147,10 @@ def efficiency_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_c
     rows = load_tokenized(tokenized_dir, EVAL).to_list()
     collator = _collator(loader, 0.15)
     clock.lap("load")
-    memory.start()  # the inference phase: the deployed model and its forwards, not the build before it
+    memory_peaks = inference_memory(model, rows, collator, dev, evaluation["throughput_batch_size"], memory, prec)
     result = measure(model, method, rows, collator, dev, evaluation["throughput_batch_size"],
                      evaluation["latency_examples"], adapter_mb, evaluation["timing_repeats"], prec)
-    result["peak_infer_mem_mb"] = memory.peak_mb()
-    result["memory_note"] = memory.note
+    result.update(memory_peaks, memory_note=memory.note)
     result["efficiency_precision"] = prec.name
     del model
     clock.lap("efficiency_timing")

@@ -165,7 +165,31 @@ def untrained_metrics(model, precision: Precision = FP32) -> dict:
             "final_train_loss": float("nan"), "first_train_loss": float("nan"), "loss_curve": [],
             "lr": float("nan"), "resumed_from_step": 0, "train_flops": 0, "train_flops_per_token": {},
             "train_tokens_by_phase": {}, "precision": precision.name, "precision_requested": precision.requested,
+            "gradient_checkpointing": False,
             "fp16_skipped_steps": 0}
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each transformer layer in the backward pass (Hugging Face's own switch, on the base model
+    under any adapter). Non-reentrant checkpointing: it needs no input that requires grad, which a frozen
+    embedding does not give."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(f"training.gradient_checkpointing: {type(base).__name__} does not support it; "
+                         "set it to false")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def memory_probe_batches(batches: list[list[int]], lengths: list[int], start: int = 0) -> set[int]:
+    """Micro-batches (from ``start`` on) whose memory is measured exactly: the first two, since the first
+    optimizer step allocates the optimizer state and the second runs with it in place, and the longest
+    batch, which holds the largest activations. Every other step repeats these allocations at a size in
+    between, so their peak is the loop's; measuring all of them exactly would slow training (memory.py)."""
+    ahead = range(start, len(batches))
+    if not ahead:
+        return set()
+    longest = max(ahead, key=lambda i: max(lengths[j] for j in batches[i]))
+    return set(ahead[:2]) | {longest}
 
 
 def train(model, method, rows: list[dict], collator, settings: TrainingSettings, lr: float, seed: int,
@@ -175,13 +199,15 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
 
     The forward pass and the loss run under ``precision``'s autocast (none in fp32); trainable weights
     and optimizer state stay fp32. ``memory`` measures the loop's peak (``peak_train_mem_mb``; NaN without
-    it). With ``checkpoint_dir`` and ``settings.checkpoint_every`` > 0, a checkpoint is written every that
+    it) on the probe micro-batches of ``memory_probe_batches``. With ``checkpoint_dir`` and ``settings.checkpoint_every`` > 0, a checkpoint is written every that
     many optimizer steps and a rerun resumes from it; the result equals an uninterrupted run on CPU.
     """
     from transformers import get_linear_schedule_with_warmup
 
     model.to(device)
     model.train()
+    if settings.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = method.make_optimizer(params, lr, settings.weight_decay)
     scaler = precision.grad_scaler()
@@ -204,15 +230,18 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     flops_per_token = step_flops_per_token(model, method, {k: v[:2].to(device) for k, v in first.items()}, precision)
 
     bar = tqdm(total=total_steps, initial=progress.step, desc=str(run), file=sys.stderr, mininterval=5)
-    if memory is not None:
-        memory.start()  # the training phase: not the load, not the imports
+    probe_peaks = []  # training memory: peaks of the probe micro-batches, each measured exact (memory.py)
     segment_start = time.perf_counter()
     while progress.epoch < settings.epochs and progress.step < total_steps:
         epoch_start = time.perf_counter()
         batches = length_grouped_batches(lengths, settings.batch_size, np.random.default_rng([seed, progress.epoch]))
+        probes = (memory_probe_batches(batches, lengths, progress.batch)
+                  if memory is not None and not probe_peaks else set())
         running = 0.0
         for i in range(progress.batch, len(batches)):
             idx = batches[i]
+            if i in probes:
+                memory.start(exact=True)
             batch = collator([rows[j] for j in idx], generator=mask_gen)
             progress.tokens += int(batch["attention_mask"].sum())
             progress.examples += len(idx)
@@ -226,6 +255,8 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
                                       "lower the learning rate or check the data; no output was written")
             running += loss.item() / settings.grad_accum_steps
             if (i + 1) % settings.grad_accum_steps and i + 1 < len(batches):
+                if i in probes:
+                    probe_peaks.append(memory.stop())
                 continue
             step = progress.step + 1
             if not optimizer_step(params, optimizer, scheduler, scaler, settings.max_grad_norm,
@@ -233,6 +264,8 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
                 progress.skipped_steps += 1
             progress.step += 1
             progress.batch = i + 1
+            if i in probes:
+                probe_peaks.append(memory.stop())
             method.on_optimizer_step(model, progress.step, total_steps)
             progress.loss_curve.append({"step": progress.step, "epoch": progress.epoch, "loss": running,
                                         "lr": scheduler.get_last_lr()[0]})
@@ -254,7 +287,7 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     method.finalize(model)
     train_time = progress.elapsed_s + time.perf_counter() - segment_start
     bar.close()
-    peak = memory.peak_mb() if memory is not None else float("nan")
+    peak = max(probe_peaks) if probe_peaks else float("nan")
     curve = progress.loss_curve
     return {
         "train_steps": progress.step,
@@ -278,6 +311,7 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
         "train_flops_per_token": flops_per_token,
         "train_tokens_by_phase": dict(progress.phase_tokens),
         "precision": precision.name,
+        "gradient_checkpointing": settings.gradient_checkpointing,
         "precision_requested": precision.requested,
         "fp16_skipped_steps": progress.skipped_steps,
     }
