@@ -212,6 +212,8 @@ def test_lr_sweep_plans_each_rate_as_a_variant_scored_on_held_out_data(tmp_path)
     runs = sum(len(r) for r in grid.values()) * len(cfg["datasets"]) * len(cfg["seeds"])
     assert int(re.search(r"^train\s+(\d+)", out, re.M).group(1)) == runs
     assert re.search(r"^lr_choice\s+1", out, re.M)
+    # the rates of one method build the same model: one efficiency job measures it for all of them
+    assert int(re.search(r"^efficiency\s+(\d+)", out, re.M).group(1)) == len(grid) * len(cfg["datasets"])
     methods = validate_config(copy.deepcopy(cfg))["methods"]
     assert methods["lora_lr3e-4"] == {**methods["lora_lr1e-3"], "lr": 3e-4}
     assert {p["lr"] for n, p in methods.items() if p["type"] == "full_ft"} == set(grid["full_ft"])

@@ -43,3 +43,18 @@ def test_missing_comparisons_say_not_enough_data():
     assert f"{NOT_ENOUGH}: the config runs no sparse_lora_* variant" in text
     assert f"{NOT_ENOUGH}: every variant runs on a full-precision base" in text
     assert f"hira_r4: {NOT_ENOUGH}: no LoRA variant with its 500 adapter parameters" in text
+
+
+def test_quantization_states_inference_memory_and_why_training_memory_barely_moves():
+    lora = _runs("lora", "lora", [0.80, 0.81, 0.79], mem=1000.0)
+    nf4 = _runs("lora_nf4", "lora", [0.80, 0.81, 0.79], quantize="nf4", mem=900.0, param_bytes=1000)
+    for rows, infer, b1 in ((lora, 1000.0, 700.0), (nf4, 680.0, 350.0)):
+        for r in rows:
+            r.update(peak_infer_mem_mb=infer, peak_infer_batch1_mem_mb=b1)
+    quant = next(s for s in _text(lora + nf4).splitlines() if "lora_nf4 (lora), nf4 base against lora" in s)
+    assert "inference at the throughput batch 0.68x; at batch 1 0.50x" in quant
+    assert "mostly activations" in quant  # 0.9x training peak: the sentence says why
+    for r in nf4:
+        r.update(peak_train_mem_mb=500.0 + r["seed"])
+    quant = next(s for s in _text(lora + nf4).splitlines() if "lora_nf4 (lora), nf4 base against lora" in s)
+    assert "mostly activations" not in quant

@@ -35,3 +35,14 @@ def test_the_choice_is_the_best_mean_over_seeds_per_dataset_and_direction():
     assert chosen["sst2"] == 1e-3  # mean 0.84 beats 3e-3's 0.78 despite its single 0.86
     assert chosen["wikitext2"] == 3e-3  # lower perplexity is better: 34 < 35.5
     assert (table["seeds"] == 2).all() and table["ci95_low"].notna().all()
+
+
+def test_rates_sharing_one_efficiency_measurement_each_get_its_row(tmp_path):
+    from lorabench.aggregate import efficiency_table
+    from lorabench.utils import write_json
+
+    write_json(tmp_path / "lora_lr1e-3.json", {"latency_ms": 5.0, "peak_infer_mem_mb": 80.0})
+    table = efficiency_table({"sst2/lora_lr1e-3": tmp_path / "lora_lr1e-3.json",
+                              "sst2/lora_lr3e-3": tmp_path / "lora_lr1e-3.json"})
+    assert sorted(table["method"]) == ["lora_lr1e-3", "lora_lr3e-3"]
+    assert (table["latency_ms"] == 5.0).all() and (table["dataset"] == "sst2").all()

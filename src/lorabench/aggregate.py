@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -28,12 +29,16 @@ def run_row(train_metrics: dict, eval_metrics: dict) -> dict:
 
 
 def efficiency_table(efficiency_files) -> pd.DataFrame:
-    """Latency, throughput, size, inference memory and FLOPs per (dataset, method), from
-    results/efficiency/<dataset>/<method>.json (measured once per pair, not per seed)."""
+    """Latency, throughput, size, inference memory and FLOPs per (dataset, method), measured once per pair,
+    not per seed. ``efficiency_files``: results/efficiency/<dataset>/<method>.json files, or a mapping
+    "<dataset>/<method>" -> file for variants that share one measurement (an lr_grid's rates)."""
+    if not isinstance(efficiency_files, Mapping):
+        efficiency_files = {f"{Path(f).parent.name}/{Path(f).stem}": f for f in efficiency_files}
     rows = []
-    for f in map(Path, efficiency_files):
+    for pair, f in efficiency_files.items():
+        dataset, method = pair.split("/")
         measured = {k: v for k, v in read_json(f).items() if k not in DROP}
-        rows.append({"dataset": f.parent.name, "method": f.stem, **measured})
+        rows.append({"dataset": dataset, "method": method, **measured})
     return pd.DataFrame(rows)
 
 

@@ -169,7 +169,16 @@ def quantization_findings(runs: Runs) -> list[str]:
                 sentence += f"; stored weights {ratio:.2f}x (exact byte count)"
             a, b = runs.series(g, row.method, "peak_train_mem_mb"), runs.series(g, ref, "peak_train_mem_mb")
             seeds = sorted(set(a.index) & set(b.index))
-            sentence += f"; peak training memory ratio {_with_ci(a.loc[seeds] / b.loc[seeds])}"
+            train_ratio = a.loc[seeds] / b.loc[seeds]
+            sentence += f"; peak training memory ratio {_with_ci(train_ratio)}"
+            for col, phase in (("peak_infer_mem_mb", "inference at the throughput batch"),
+                               ("peak_infer_batch1_mem_mb", "at batch 1")):
+                if col in g:  # measured once per (method, dataset) by the efficiency job
+                    ratio = float(runs.series(g, row.method, col).iloc[0] / runs.series(g, ref, col).iloc[0])
+                    sentence += f"; {phase} {ratio:.2f}x"
+            if train_ratio.mean() > 0.8 and not bool(getattr(row, "gradient_checkpointing", False) == True):  # noqa: E712
+                sentence += (" (the training peak is mostly activations, which a quantized base does not shrink; "
+                             "training.gradient_checkpointing trades them for a second forward per layer)")
             if "merge_error_rel" in g and not pd.isna(row.merge_error_rel):
                 sentence += (f"; merging would move the weights off the adapted ones by "
                              f"{_with_ci(runs.series(g, row.method, 'merge_error_rel'))} times the adapter's own "

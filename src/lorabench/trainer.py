@@ -157,16 +157,42 @@ def optimizer_step(params, optimizer, scheduler, scaler, max_grad_norm: float, b
 
 def untrained_metrics(model, precision: Precision = FP32) -> dict:
     """The training metrics of a run with no training loop (the untrained base): zero steps, no time, no
-    training memory (NaN: there was no phase to measure), the same keys as ``train``'s."""
-    return {"train_steps": 0, "train_examples_seen": 0, "train_tokens_seen": 0, "train_time_s": 0.0,
-            "train_time_per_epoch_s": 0.0, "epoch_times_s": [], "epochs_run": 0,
-            "train_tokens_per_s": float("nan"), "train_examples_per_s": float("nan"),
-            "peak_train_mem_mb": float("nan"), **stored_bytes(model), "optimizer_state_bytes": 0,
-            "final_train_loss": float("nan"), "first_train_loss": float("nan"), "loss_curve": [],
-            "lr": float("nan"), "resumed_from_step": 0, "train_flops": 0, "train_flops_per_token": {},
-            "train_tokens_by_phase": {}, "precision": precision.name, "precision_requested": precision.requested,
-            "gradient_checkpointing": False,
-            "fp16_skipped_steps": 0}
+    training memory (NaN: there was no phase to measure), no optimizer state; the same keys as ``train``'s."""
+    return {**run_metrics(Progress(), 0.0, float("nan"), model, None, float("nan"), 0, {}, precision, False),
+            "optimizer_state_bytes": 0}
+
+
+def run_metrics(progress: Progress, train_time: float, peak_mb: float, model, optimizer, lr: float,
+                resumed_from_step: int, flops_per_token: dict, precision: Precision,
+                gradient_checkpointing: bool) -> dict:
+    """The training metrics of a run as it ended: one place for every key, whether the run trained or not."""
+    curve, nan = progress.loss_curve, float("nan")
+    return {
+        "train_steps": progress.step,
+        "train_examples_seen": progress.examples,
+        "train_tokens_seen": progress.tokens,
+        "train_time_s": train_time,
+        "train_time_per_epoch_s": train_time / max(len(progress.epoch_times), 1),
+        "epoch_times_s": progress.epoch_times,
+        "epochs_run": len(progress.epoch_times),
+        "train_tokens_per_s": progress.tokens / train_time if train_time else nan,
+        "train_examples_per_s": progress.examples / train_time if train_time else nan,
+        "peak_train_mem_mb": peak_mb,
+        **stored_bytes(model, optimizer),
+        "final_train_loss": curve[-1]["loss"] if curve else nan,
+        "first_train_loss": curve[0]["loss"] if curve else nan,
+        "loss_curve": curve,
+        "lr": lr,
+        "resumed_from_step": resumed_from_step,
+        # Counted, not estimated: each kind of step counted once by torch's FLOP counter, per padded token.
+        "train_flops": sum(flops_per_token[p] * n for p, n in progress.phase_tokens.items()),
+        "train_flops_per_token": flops_per_token,
+        "train_tokens_by_phase": dict(progress.phase_tokens),
+        "precision": precision.name,
+        "precision_requested": precision.requested,
+        "gradient_checkpointing": gradient_checkpointing,
+        "fp16_skipped_steps": progress.skipped_steps,
+    }
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -288,31 +314,6 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     train_time = progress.elapsed_s + time.perf_counter() - segment_start
     bar.close()
     peak = max(probe_peaks) if probe_peaks else float("nan")
-    curve = progress.loss_curve
-    return {
-        "train_steps": progress.step,
-        "train_examples_seen": progress.examples,
-        "train_tokens_seen": progress.tokens,
-        "train_time_s": train_time,
-        "train_time_per_epoch_s": train_time / max(len(progress.epoch_times), 1),
-        "epoch_times_s": progress.epoch_times,
-        "epochs_run": len(progress.epoch_times),
-        "train_tokens_per_s": progress.tokens / train_time,
-        "train_examples_per_s": progress.examples / train_time,
-        "peak_train_mem_mb": peak,
-        **stored_bytes(model, optimizer),
-        "final_train_loss": curve[-1]["loss"] if curve else float("nan"),
-        "first_train_loss": curve[0]["loss"] if curve else float("nan"),
-        "loss_curve": curve,
-        "lr": lr,
-        "resumed_from_step": restored.step if restored else 0,
-        # Counted, not estimated: each kind of step counted once by torch's FLOP counter, per padded token.
-        "train_flops": sum(flops_per_token[p] * n for p, n in progress.phase_tokens.items()),
-        "train_flops_per_token": flops_per_token,
-        "train_tokens_by_phase": dict(progress.phase_tokens),
-        "precision": precision.name,
-        "gradient_checkpointing": settings.gradient_checkpointing,
-        "precision_requested": precision.requested,
-        "fp16_skipped_steps": progress.skipped_steps,
-    }
+    return run_metrics(progress, train_time, peak, model, optimizer, lr, restored.step if restored else 0,
+                       flops_per_token, precision, settings.gradient_checkpointing)
 

@@ -9,9 +9,11 @@ rule aggregate:
     input:
         train=all_runs(f"{RUN}/train_metrics.json"),
         evaluation=all_runs(f"{RUN}/eval_metrics.json"),
-        efficiency=all_pairs("results/efficiency/{dataset}/{method}.json"),
+        efficiency=sorted({efficiency_file(d, m) for d, m in PAIRS}),
     output:
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Tables"),
+    params:
+        efficiency_of={f"{d}/{m}": efficiency_file(d, m) for d, m in PAIRS},
     log:
         "results/logs/aggregate.log",
     benchmark:

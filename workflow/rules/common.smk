@@ -1,12 +1,14 @@
 # Shared helpers: config validation (before any job runs), wildcard constraints, per-job config slices.
+import json
 import re
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also when not pip-installed
 
 from lorabench.config import ConfigError, sorted_keys, validate_config
-from lorabench.methods import architecture_params, method_class
+from lorabench.methods import architecture_params, method_class, method_type
 
 try:
     validate_config(config)
@@ -100,6 +102,24 @@ PAIRS = [(d, m) for d in DATASETS for m in METHODS if d in config["methods"][m].
 def all_pairs(pattern):
     """``pattern`` for every (dataset, method) pair of the config."""
     return [pattern.format(dataset=d, method=m) for d, m in PAIRS]
+
+
+def _measured_as(dataset, method):
+    """What an efficiency job measures, as a comparable key: its params, with the method named by its type."""
+    params = efficiency_params(SimpleNamespace(dataset=dataset, method=method))
+    kind = method_type(method, params["method_params"])
+    params["method_params"] = {k: v for k, v in params["method_params"].items() if k != "type"}
+    return json.dumps([kind, params], sort_keys=True, default=str)
+
+
+# Variants that differ only in what efficiency does not depend on (an lr_grid's rates) would measure the same
+# model: the first of them (in config order) measures it for all of them.
+_first_of = {}
+EFFICIENCY_OWNER = {(d, m): _first_of.setdefault(_measured_as(d, m), m) for d, m in PAIRS}
+
+
+def efficiency_file(dataset, method):
+    return f"results/efficiency/{dataset}/{EFFICIENCY_OWNER[(dataset, method)]}.json"
 
 
 def all_runs(pattern):

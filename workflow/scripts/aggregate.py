@@ -3,4 +3,4 @@ from lorabench.utils import log_to
 log_to(snakemake.log[0])
 from lorabench.aggregate import write_summary  # noqa: E402
 
-write_summary(snakemake.input.train, snakemake.input.evaluation, snakemake.input.efficiency, snakemake.output.summary)
+write_summary(snakemake.input.train, snakemake.input.evaluation, snakemake.params.efficiency_of, snakemake.output.summary)
