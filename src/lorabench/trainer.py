@@ -225,8 +225,9 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
 
     The forward pass and the loss run under ``precision``'s autocast (none in fp32); trainable weights
     and optimizer state stay fp32. ``memory`` measures the loop's peak (``peak_train_mem_mb``; NaN without
-    it) on the probe micro-batches of ``memory_probe_batches``. With ``checkpoint_dir`` and ``settings.checkpoint_every`` > 0, a checkpoint is written every that
-    many optimizer steps and a rerun resumes from it; the result equals an uninterrupted run on CPU.
+    it) on the probe micro-batches of ``memory_probe_batches``. With ``checkpoint_dir`` and
+    ``settings.checkpoint_every`` > 0, a checkpoint is written every that many optimizer steps and a rerun
+    resumes from it; the result equals an uninterrupted run on CPU.
     """
     from transformers import get_linear_schedule_with_warmup
 
