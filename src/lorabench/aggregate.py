@@ -28,29 +28,27 @@ def run_row(train_metrics: dict, eval_metrics: dict) -> dict:
     return row
 
 
-def efficiency_table(efficiency_files) -> pd.DataFrame:
+def efficiency_table(efficiency_of: Mapping) -> pd.DataFrame:
     """Latency, throughput, size, inference memory and FLOPs per (dataset, method), measured once per pair,
-    not per seed. ``efficiency_files``: results/efficiency/<dataset>/<method>.json files, or a mapping
-    "<dataset>/<method>" -> file for variants that share one measurement (an lr_grid's rates)."""
-    if not isinstance(efficiency_files, Mapping):
-        efficiency_files = {f"{Path(f).parent.name}/{Path(f).stem}": f for f in efficiency_files}
+    not per seed. ``efficiency_of``: "<dataset>/<method>" -> its results/efficiency JSON file; variants that
+    build the same model (an lr_grid's rates) share one file."""
     rows = []
-    for pair, f in efficiency_files.items():
+    for pair, f in efficiency_of.items():
         dataset, method = pair.split("/")
         measured = {k: v for k, v in read_json(f).items() if k not in DROP}
         rows.append({"dataset": dataset, "method": method, **measured})
     return pd.DataFrame(rows)
 
 
-def summarize(train_files, eval_files, efficiency_files=()) -> pd.DataFrame:
+def summarize(train_files, eval_files, efficiency_of: Mapping | None = None) -> pd.DataFrame:
     rows = []
     for tf, ef in zip(sorted(map(str, train_files)), sorted(map(str, eval_files))):
         if Path(tf).parent != Path(ef).parent:
             raise ValueError(f"train and eval files do not pair up: {tf} vs {ef}")
         rows.append(run_row(read_json(tf), read_json(ef)))
     df = pd.DataFrame(rows)
-    if len(efficiency_files):
-        df = df.merge(efficiency_table(efficiency_files), on=["dataset", "method"], how="left",
+    if efficiency_of:
+        df = df.merge(efficiency_table(efficiency_of), on=["dataset", "method"], how="left",
                       validate="many_to_one")
         # fvcore's estimate of the whole run's training FLOPs (per-example forward+backward times examples seen),
         # next to train_flops, which the training job counted from what it computed (torch's FLOP counter).
@@ -60,8 +58,8 @@ def summarize(train_files, eval_files, efficiency_files=()) -> pd.DataFrame:
     return df.sort_values(["dataset", "method", "seed"]).reset_index(drop=True)
 
 
-def write_summary(train_files, eval_files, efficiency_files, out_csv) -> pd.DataFrame:
-    df = summarize(train_files, eval_files, efficiency_files)
+def write_summary(train_files, eval_files, efficiency_of: Mapping, out_csv) -> pd.DataFrame:
+    df = summarize(train_files, eval_files, efficiency_of)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
     return df

@@ -44,9 +44,15 @@ def _check_holdout(n_rows: int, train_size: int | None, holdout_size: int, key: 
                          f"{holdout_size} besides train_size {train_size}; lower holdout_size or train_size")
 
 
-def _joined_ids(tok, raw_dir, split: str, text_field: str) -> list[int]:
+def _split_windows(tok, raw_dir, ds: dict, split: str, stride: int, limit: int | None):
+    """(inputs, labels) windows of a language-modelling split. WikiText rows are lines: joined as in the usual
+    perplexity recipe, then cut into windows (``lm_blocks``)."""
     df = pd.read_parquet(Path(raw_dir) / f"{split}.parquet")
-    return tok("\n\n".join(t for t in df[text_field] if t is not None), add_special_tokens=False)["input_ids"]
+    ids = tok("\n\n".join(t for t in df[ds["text_field"]] if t is not None), add_special_tokens=False)["input_ids"]
+    inputs, labels = lm_blocks(ids, ds["max_length"], stride, limit)
+    if not inputs:
+        raise ValueError(f"split '{split}' has fewer than max_length={ds['max_length']} tokens")
+    return inputs, labels
 
 
 def split_rows(n_rows: int, train_size: int | None, holdout_size: int | None, seed: int,
@@ -136,11 +142,7 @@ def tokenize_dataset(ds: dict, model_dir, raw_dir, subset_seed: int, out_dir, na
             parts[role] = datasets.Dataset.from_dict(
                 {"example_id": rows.tolist(), "input_ids": ids, "labels": sub[ds["label_field"]].tolist()})
     else:
-        # WikiText rows are lines; joined as in the usual perplexity recipe, then cut into windows.
-        blocks, block_labels = lm_blocks(_joined_ids(tok, raw_dir, ds["train_split"], ds["text_field"]),
-                                         ds["max_length"], ds["max_length"], None)
-        if not blocks:
-            raise ValueError(f"split '{ds['train_split']}' has fewer than max_length={ds['max_length']} tokens")
+        blocks, block_labels = _split_windows(tok, raw_dir, ds, ds["train_split"], ds["max_length"], None)
         if ds["holdout_size"]:
             # Held-out windows: the last blocks of the train split, disjoint from the first train_size.
             _check_holdout(len(blocks), ds["train_size"], ds["holdout_size"], holdout_key)
@@ -149,10 +151,8 @@ def tokenize_dataset(ds: dict, model_dir, raw_dir, subset_seed: int, out_dir, na
             blocks, block_labels = blocks[:keep], block_labels[:keep]
             eval_inputs, eval_labels = held, [list(b) for b in held]
         else:
-            eval_inputs, eval_labels = lm_blocks(_joined_ids(tok, raw_dir, ds["eval_split"], ds["text_field"]),
-                                                 ds["max_length"], ds["stride"], ds["eval_size"])
-            if not eval_inputs:
-                raise ValueError(f"split '{ds['eval_split']}' has fewer than max_length={ds['max_length']} tokens")
+            eval_inputs, eval_labels = _split_windows(tok, raw_dir, ds, ds["eval_split"], ds["stride"],
+                                                      ds["eval_size"])
         size = ds["train_size"] or len(blocks)
         for role, inputs, labels in ((TRAIN, blocks[:size], block_labels[:size]), (EVAL, eval_inputs, eval_labels)):
             parts[role] = datasets.Dataset.from_dict(

@@ -95,14 +95,13 @@ def timed(model, rows, collator, device, batch_size: int, n_latency: int, repeat
     One untimed pass first: each new input shape costs kernel selection once (oneDNN, cuBLAS), which is
     start-up, not latency."""
     latency_times_ms(model, rows, collator, device, n_latency, precision)
-    throughput_per_s(model, rows, collator, device, batch_size, precision=precision)
     medians, all_times, rates = [], [], []
-    for _ in range(repeats):
+    for round_ in range(repeats):
         times = latency_times_ms(model, rows, collator, device, n_latency, precision)
         medians.append(float(np.median(times)))
         all_times += times
         rates.append(throughput_per_s(model, rows, collator, device, batch_size, precision=precision,
-                                      warm_up=False))
+                                      warm_up=round_ == 0))  # one warm-up batch per timing, not per round
     _, _, lat_lo, lat_hi = t_interval(medians)
     thr, _, thr_lo, thr_hi = t_interval(rates)
     return {

@@ -99,11 +99,6 @@ def efficiency_params(wildcards):
 PAIRS = [(d, m) for d in DATASETS for m in METHODS if d in config["methods"][m].get("datasets", DATASETS)]
 
 
-def all_pairs(pattern):
-    """``pattern`` for every (dataset, method) pair of the config."""
-    return [pattern.format(dataset=d, method=m) for d, m in PAIRS]
-
-
 def _measured_as(dataset, method):
     """What an efficiency job measures, as a comparable key: its params, with the method named by its type."""
     params = efficiency_params(SimpleNamespace(dataset=dataset, method=method))
