@@ -130,6 +130,15 @@ def test_nothing_reruns_and_one_hyperparameter_reruns_only_its_method(smoke_run,
     rebatched = _planned_jobs(snakemake(smoke_run, write_config(tmp_path / "batch.yaml", cfg), "--dry-run", timeout=120))
     assert any(r == "train" for r, _ in rebatched) and not any(r == "efficiency" for r, _ in rebatched)
 
+    cfg = smoke_config()
+    cfg["datasets"]["sst2"]["training"] = {"gradient_checkpointing": True}  # how runs train on one dataset
+    one_dataset = _planned_jobs(snakemake(smoke_run, write_config(tmp_path / "ckpt.yaml", cfg), "--dry-run",
+                                          timeout=120))
+    trained = [w for r, w in one_dataset if r == "train"]
+    assert trained and all("dataset=sst2" in w for w in trained)
+    assert len(trained) == sum(d == "sst2" for d, _ in run_pairs(cfg)) * len(cfg["seeds"])
+    assert not any(r in ("fetch_dataset", "tokenize", "efficiency") for r, _ in one_dataset)
+
 
 def test_precision_is_part_of_every_run(smoke_run, tmp_path):
     cfg = smoke_config()

@@ -174,12 +174,30 @@ def _semantic_checks(config: dict) -> None:
             f"config key 'baseline_method': '{config['baseline_method']}' is not among the configured methods "
             f"({', '.join(config['methods'])})"
         )
+    _check_dataset_training(config)
     _check_adapter_settings(config)
     _check_precision(config)
     _check_sources(config)
     _check_ranks(config)
     _check_pooling(config)
     _check_contextual_sparsity(config)
+
+
+def dataset_training(config: dict, dataset: str) -> dict:
+    """The training settings of runs on ``dataset``: the top-level section with the dataset's overrides."""
+    return {**config["training"], **config["datasets"][dataset].get("training", {})}
+
+
+def _check_dataset_training(config: dict) -> None:
+    """Each dataset's training overrides, merged, against the training section's schema (errors name the key)."""
+    training_schema = load_schema()["properties"]["training"]
+    for name, ds in config["datasets"].items():
+        if not ds.get("training"):
+            continue
+        errors = list(jsonschema.Draft202012Validator(training_schema).iter_errors(dataset_training(config, name)))
+        if errors:
+            best = jsonschema.exceptions.best_match(errors)
+            raise ConfigError(_explain(best, ("datasets", name, "training")))
 
 
 def _check_adapter_settings(config: dict) -> None:

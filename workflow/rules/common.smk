@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also when not pip-installed
 
-from lorabench.config import ConfigError, sorted_keys, validate_config
+from lorabench.config import ConfigError, dataset_training, sorted_keys, validate_config
 from lorabench.methods import architecture_params, method_class, method_type
 
 try:
@@ -40,9 +40,20 @@ def model_of(dataset):
     return config["datasets"][dataset]["model"]
 
 
+def dataset_entry(dataset):
+    """A dataset's entry without its training overrides: what its data and their tokens depend on (changing how
+    runs train on it reruns no tokenization)."""
+    return {k: v for k, v in config["datasets"][dataset].items() if k != "training"}
+
+
+def dataset_source(dataset):
+    """What fetching a dataset depends on: where it comes from and which splits, not its sizes."""
+    return {k: config["datasets"][dataset].get(k) for k in ("repo", "config_name", "train_split", "eval_split")}
+
+
 def dataset_slice(dataset):
-    """What tokenization depends on: the dataset's own entry plus the fixed subset seed."""
-    return {**config["datasets"][dataset], "subset_seed": config["training"]["subset_seed"]}
+    """What tokenization depends on: the dataset's entry plus the fixed subset seed."""
+    return {**dataset_entry(dataset), "subset_seed": config["training"]["subset_seed"]}
 
 
 # Evaluation settings a training job uses (it evaluates its model in memory), and those the efficiency job
@@ -68,12 +79,12 @@ def run_settings(method):
 
 def run_params(wildcards):
     """What one run depends on, and nothing more: other methods' settings do not rerun it."""
-    ds = config["datasets"][wildcards.dataset]
+    ds = dataset_entry(wildcards.dataset)
     return {
         "dataset": ds,
         "model_cfg": config["models"][ds["model"]],
         "method_params": run_settings(wildcards.method),
-        "training": config["training"],
+        "training": dataset_training(config, wildcards.dataset),
         "evaluation": {k: config["evaluation"][k] for k in EVAL_KEYS_OF_TRAIN},
         "device": config["device"],
         "precision": config["precision"],
@@ -83,7 +94,7 @@ def run_params(wildcards):
 def efficiency_params(wildcards):
     """What latency, throughput, size, inference memory and FLOPs depend on: the data, the model's shape and
     the precision; not the seed, the learning rate or the training schedule."""
-    ds = config["datasets"][wildcards.dataset]
+    ds = dataset_entry(wildcards.dataset)
     return {
         "dataset": ds,
         "model_cfg": config["models"][ds["model"]],

@@ -21,7 +21,7 @@ rule fetch_dataset:
     output:
         directory("resources/datasets/{dataset}"),
     params:
-        dataset=lambda w: config["datasets"][w.dataset],
+        dataset=lambda w: dataset_source(w.dataset),
         snapshots=config["snapshots"],
     log:
         "results/logs/fetch_dataset/{dataset}.log",
