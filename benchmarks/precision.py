@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lorabench.config import TrainingSettings, load_config
+from lorabench.config import TrainingSettings, dataset_training, load_config
 from lorabench.data import EVAL, TRAIN, Collator, fetch_dataset, load_tokenized, tokenize_dataset
 from lorabench.evaluate import evaluate
 from lorabench.methods import build_method
@@ -88,7 +88,7 @@ def quality(config, dataset, model_dir, tok_dir, method, precision, seed) -> flo
     from transformers import AutoTokenizer
 
     ds = config["datasets"][dataset]
-    settings = TrainingSettings.from_dict(config["training"])
+    settings = TrainingSettings.from_dict(dataset_training(config, dataset))
     prec = resolve_precision(precision, CPU)
     loader = ModelLoader.for_dataset(model_dir, ds, config["models"][ds["model"]])
     params = config["methods"][method]
@@ -124,7 +124,7 @@ def main() -> None:
         ds = config["datasets"][dataset]
         loader = ModelLoader.for_dataset(model_dir, ds, config["models"][ds["model"]])
         batches = timing_batches(model_name, model_dir, tok_dir, steps + 2)
-        settings = TrainingSettings.from_dict(config["training"])
+        settings = TrainingSettings.from_dict(config["training"])  # the step alone: no recomputation
         for method in methods:
             timing.append(step_times(model_name, method, config["methods"][method], loader, batches, settings))
             for precision in ("fp32", "bf16"):

@@ -13,7 +13,7 @@ from lorabench.ffn_sparsity import FFN_MAPS, FFNSparsity, _get, compute_predicto
 from lorabench.methods import build_method
 from lorabench.methods.sparselora import layer_sparsities
 from lorabench.models import ModelLoader
-from lorabench.trainer import RunId, train
+from lorabench.trainer import RunId, enable_gradient_checkpointing, train
 from lorabench.utils import seed_everything
 
 from conftest import MINILM, SNAPSHOTS
@@ -81,6 +81,20 @@ def test_narrowed_ffn_with_every_channel_equals_plain_lora(case):
     assert grads.keys() == dense_grads.keys() and any("lora_A" in n for n in grads)
     for name in grads:
         assert torch.allclose(grads[name], dense_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_gradient_checkpointing_recomputes_the_channels_the_forward_chose(case):
+    """The backward pass's recomputation (training.gradient_checkpointing, on for WikiText-2 in config.yaml)
+    asks the predictor again: it must pick the same channels, so outputs and gradients equal the plain run."""
+    model, sparsity, batch = case
+    logits, grads = step(model, sparsity, batch, sparse=True)
+    enable_gradient_checkpointing(model)
+    assert model.get_base_model().is_activation_checkpointing
+    ckpt_logits, ckpt_grads = step(model, sparsity, batch, sparse=True)
+    assert torch.allclose(ckpt_logits, logits, atol=1e-5, rtol=1e-5)
+    assert ckpt_grads.keys() == grads.keys()
+    for name in grads:
+        assert torch.allclose(ckpt_grads[name], grads[name], atol=1e-5, rtol=1e-4), name
 
 
 def test_narrowed_ffn_equals_dense_with_the_other_channels_masked(case):

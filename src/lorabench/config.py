@@ -259,16 +259,15 @@ def _check_sources(config: dict) -> None:
 def _check_pooling(config: dict) -> None:
     """Mean pooling replaces a [CLS] pooler module: refused for an architecture without one (read from the
     snapshot's config; without a snapshot the load refuses it with the same message)."""
-    from lorabench.models import POOLER_OWNERS, model_shape
+    from lorabench.models import mean_pooling_refusal, model_shape
 
     for name, model in config["models"].items():
         if model["pooling"] != "mean":
             continue
         shape = model_shape(config["snapshots"], model)
-        if shape and shape.model_type not in POOLER_OWNERS:
-            raise ConfigError(
-                f"config key 'models.{name}.pooling': mean pooling replaces the [CLS] pooler, which architecture "
-                f"'{shape.model_type}' does not have (available for: {', '.join(POOLER_OWNERS)}); set it to cls")
+        refusal = mean_pooling_refusal(shape.model_type) if shape else None
+        if refusal:
+            raise ConfigError(f"config key 'models.{name}.pooling': {refusal}")
 
 
 def _check_ranks(config: dict) -> None:

@@ -190,12 +190,21 @@ class MeanPooler(torch.nn.Module):
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
+def mean_pooling_refusal(model_type: str) -> str | None:
+    """Why mean pooling cannot serve this architecture (None where it can): the one message for the config check
+    before any job and for the load, which refuses it where no snapshot let the config check read the model."""
+    if model_type in POOLER_OWNERS:
+        return None
+    return (f"mean pooling replaces the [CLS] pooler, which architecture '{model_type}' does not have (available "
+            f"for: {', '.join(POOLER_OWNERS)}); set models.<name>.pooling to cls")
+
+
 def use_mean_pooling(model: torch.nn.Module) -> torch.nn.Module:
     """Replace the [CLS] pooler of a sequence-classification model by ``MeanPooler``."""
     model_type = model.config.model_type
-    if model_type not in POOLER_OWNERS:
-        raise ValueError(f"pooling 'mean' is not available for architecture '{model_type}' (available for: "
-                         f"{', '.join(POOLER_OWNERS)}); set models.<name>.pooling to cls")
+    refusal = mean_pooling_refusal(model_type)
+    if refusal:
+        raise ValueError(refusal)
     encoder = getattr(model, POOLER_OWNERS[model_type])
     pooler = MeanPooler()
     encoder.pooler = pooler

@@ -203,7 +203,7 @@ def enable_gradient_checkpointing(model) -> None:
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ValueError(f"training.gradient_checkpointing: {type(base).__name__} does not support it; "
                          "set it to false")
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def memory_probe_batches(batches: list[list[int]], lengths: list[int], start: int = 0) -> set[int]:
