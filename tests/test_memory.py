@@ -68,9 +68,11 @@ out = {}
 for exact in (True, False):  # stop() pins the relaxed threshold for the phase after
     memory.start(exact=exact)
     blocks = [torch.ones(2**20) for _ in range(20)]  # 20 x 4 MB: below glibc's relaxed mmap threshold
+    pin = torch.ones(2**18)  # allocated last and kept: relaxed, the freed blocks lie below the heap's top
     held = _status_kb("VmRSS")
     del blocks
     out[exact] = {"returned_kb": held - _status_kb("VmRSS"), "peak_mb": memory.stop()}
+    del pin
 print(json.dumps(out))
 """
 
@@ -86,8 +88,8 @@ def test_an_exact_phase_hands_freed_blocks_back_at_once():
     out = json.loads(subprocess.run([sys.executable, "-c", EXACT_PHASE], capture_output=True, text=True,
                                     check=True).stdout)
     assert out["true"]["returned_kb"] > 70 * 1024, out
-    # what the exact phase is there to avoid: relaxed, only the blocks at the top of the heap go back
-    assert out["false"]["returned_kb"] < 0.75 * out["true"]["returned_kb"], out
+    # what the exact phase is there to avoid: relaxed, freed blocks below the heap's top stay resident
+    assert out["false"]["returned_kb"] < 0.25 * out["true"]["returned_kb"], out
     assert 75 < out["true"]["peak_mb"] < 150, out
 
 
