@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
 import sys
@@ -33,7 +32,6 @@ import pandas as pd
 import yaml
 
 from lorabench.config import ConfigError, dataset_training, validate_config
-from lorabench.data import tokenize_dataset
 from lorabench.ffn_sparsity import save_predictors
 from lorabench.methods import method_class
 from lorabench.run import train_run
@@ -62,17 +60,12 @@ def variant_config(raw: dict, dataset: str, method: str, variant: dict) -> dict:
 
 
 def run_variant(cfg: dict, dataset: str, method: str, seeds, cache: Path, work: Path) -> dict:
-    model_dir, _ = prepare(cfg, dataset, cache)
+    model_dir, tok_dir = prepare(cfg, dataset, cache)  # tokens cached per version of the dataset's entry
     ds = cfg["datasets"][dataset]
-    data = {k: v for k, v in ds.items() if k != "training"}  # what the tokens depend on
-    data_key = hashlib.sha256(json.dumps([data, cfg["training"]["subset_seed"]], sort_keys=True).encode()).hexdigest()
-    tok_dir = cache / "tokenized" / "budget" / f"{dataset}_{data_key[:12]}"
-    if not tok_dir.exists():
-        tokenize_dataset(ds, model_dir, cache / "datasets" / dataset, cfg["training"]["subset_seed"], tok_dir, dataset)
     params = {k: v for k, v in cfg["methods"][method].items() if k != "datasets"}
     inputs = {}
     if getattr(method_class(params["type"]), "uses_predictor", False):  # SparseLoRA: what the predictor rule builds
-        inputs["predictor"] = (cache / "predictors" / "budget" /
+        inputs["predictor"] = (cache / "predictors" / dataset /
                                f"{tok_dir.name}_{params['predictor']}_rank{params['predictor_rank']}.safetensors")
         if not inputs["predictor"].exists():
             inputs["predictor"].parent.mkdir(parents=True, exist_ok=True)

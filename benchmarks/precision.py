@@ -17,6 +17,8 @@ Data and models are prepared under resources/bench/ from the snapshots (LORABENC
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import platform
 import sys
@@ -26,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lorabench.config import TrainingSettings, dataset_training, load_config
+from lorabench.config import TrainingSettings, dataset_entry, dataset_training, load_config
 from lorabench.data import EVAL, TRAIN, Collator, fetch_dataset, load_tokenized, tokenize_dataset
 from lorabench.evaluate import evaluate
 from lorabench.methods import build_method
@@ -47,11 +49,13 @@ CASES = {"minilm": "sst2", "smollm2": "wikitext2"}  # model -> the dataset it is
 
 
 def prepare(config: dict, dataset: str, cache: Path) -> tuple[Path, Path]:
-    """(model folder, tokenized folder) for a dataset of the config, built once under ``cache``."""
-    ds = config["datasets"][dataset]
+    """(model folder, tokenized folder) for a dataset of the config, built once under ``cache``. The tokens are
+    kept per version of the dataset's entry, so a changed size or length never reads a stale cache."""
+    ds = dataset_entry(config, dataset)
     model_cfg = config["models"][ds["model"]]
     model_dir, raw_dir = cache / "models" / ds["model"], cache / "datasets" / dataset
-    tok_dir = cache / "tokenized" / dataset / ds["model"]
+    version = hashlib.sha256(json.dumps([ds, config["training"]["subset_seed"]], sort_keys=True).encode())
+    tok_dir = cache / "tokenized" / dataset / f"{ds['model']}_{version.hexdigest()[:12]}"
     if not model_dir.exists():
         fetch_model(model_cfg["repo"], config["snapshots"], model_dir, model_cfg.get("gguf_file"))
     if not raw_dir.exists():

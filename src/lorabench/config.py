@@ -183,6 +183,12 @@ def _semantic_checks(config: dict) -> None:
     _check_contextual_sparsity(config)
 
 
+def dataset_entry(config: dict, dataset: str) -> dict:
+    """A dataset's entry without its training overrides: what its data and their tokens depend on (changing how
+    runs train on it retokenizes nothing)."""
+    return {k: v for k, v in config["datasets"][dataset].items() if k != "training"}
+
+
 def dataset_training(config: dict, dataset: str) -> dict:
     """The training settings of runs on ``dataset``: the top-level section with the dataset's overrides."""
     return {**config["training"], **config["datasets"][dataset].get("training", {})}

@@ -6,11 +6,11 @@ no phase is charged for the ~200 MB of imports). A phase measured ``exact`` runs
 returning every freed block above 64 KiB to the kernel at once (a fixed M_MMAP_THRESHOLD): otherwise glibc
 keeps freed activations for reuse and RSS climbs step after step, charging a method with the allocator's
 habits. That costs page faults (a SmolLM2 step runs ~1.6x slower), so the training loop is measured exact
-only on a few probe steps (``trainer.memory_probe_batches``) and runs relaxed otherwise.
-Where the counter cannot be reset (not Linux, or a kernel
-that refuses), the phase peaks are NaN and ``memory_note`` says why: a peak since the process started
-would charge one phase with another's. GPU: ``torch.cuda.max_memory_allocated`` after
-``reset_peak_memory_stats``. docs/methodology.md has the details and the limits.
+only on a few probe steps (``trainer.memory_probe_batches``) and runs relaxed otherwise. Where the counter
+cannot be reset (not Linux, or a kernel that refuses), the phase peaks are NaN and ``memory_note`` says why:
+a peak since the process started would charge one phase with another's. GPU:
+``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. docs/methodology.md has the details
+and the limits.
 """
 
 from __future__ import annotations

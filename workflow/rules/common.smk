@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also when not pip-installed
 
-from lorabench.config import ConfigError, dataset_training, sorted_keys, validate_config
+from lorabench.config import ConfigError, dataset_entry, dataset_training, sorted_keys, validate_config
 from lorabench.methods import architecture_params, method_class, method_type
 
 try:
@@ -40,12 +40,6 @@ def model_of(dataset):
     return config["datasets"][dataset]["model"]
 
 
-def dataset_entry(dataset):
-    """A dataset's entry without its training overrides: what its data and their tokens depend on (changing how
-    runs train on it reruns no tokenization)."""
-    return {k: v for k, v in config["datasets"][dataset].items() if k != "training"}
-
-
 def dataset_source(dataset):
     """What fetching a dataset depends on: where it comes from and which splits, not its sizes."""
     return {k: config["datasets"][dataset].get(k) for k in ("repo", "config_name", "train_split", "eval_split")}
@@ -53,7 +47,7 @@ def dataset_source(dataset):
 
 def dataset_slice(dataset):
     """What tokenization depends on: the dataset's entry plus the fixed subset seed."""
-    return {**dataset_entry(dataset), "subset_seed": config["training"]["subset_seed"]}
+    return {**dataset_entry(config, dataset), "subset_seed": config["training"]["subset_seed"]}
 
 
 # Evaluation settings a training job uses (it evaluates its model in memory), and those the efficiency job
@@ -79,7 +73,7 @@ def run_settings(method):
 
 def run_params(wildcards):
     """What one run depends on, and nothing more: other methods' settings do not rerun it."""
-    ds = dataset_entry(wildcards.dataset)
+    ds = dataset_entry(config, wildcards.dataset)
     return {
         "dataset": ds,
         "model_cfg": config["models"][ds["model"]],
@@ -94,7 +88,7 @@ def run_params(wildcards):
 def efficiency_params(wildcards):
     """What latency, throughput, size, inference memory and FLOPs depend on: the data, the model's shape and
     the precision; not the seed, the learning rate or the training schedule."""
-    ds = dataset_entry(wildcards.dataset)
+    ds = dataset_entry(config, wildcards.dataset)
     return {
         "dataset": ds,
         "model_cfg": config["models"][ds["model"]],
