@@ -93,6 +93,34 @@ def test_an_exact_phase_hands_freed_blocks_back_at_once():
     assert 75 < out["true"]["peak_mb"] < 150, out
 
 
+LOAD_BEFORE_ANY_PHASE = """
+import json, torch
+from lorabench.memory import PhaseMemory, _status_kb
+block = torch.ones(2**21)
+del block  # an 8 MB block freed before: glibc's dynamic threshold now sends 4 MB blocks to the heap
+memory = PhaseMemory(torch.device("cpu"))
+temporaries = [torch.ones(2**20) for _ in range(20)]  # a load's temporaries, 20 x 4 MB
+pin = torch.ones(2**18)  # kept, as the loaded model is: the temporaries lie below the heap's top
+held = _status_kb("VmRSS")
+del temporaries
+print(json.dumps({"returned_kb": held - _status_kb("VmRSS")}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak-RSS counter")
+def test_loading_runs_exact_so_it_leaves_no_holes_for_a_later_phase_to_refill():
+    """Before the first phase, the allocator is already exact: a relaxed load would leave its temporaries as
+    free chunks inside the heap, which a later exact phase reuses page by page and never hands back (what made
+    QLoRA's inference peak differ by up to 130 MB between processes)."""
+    import json
+    import subprocess
+    import sys
+
+    out = json.loads(subprocess.run([sys.executable, "-c", LOAD_BEFORE_ANY_PHASE], capture_output=True, text=True,
+                                    check=True).stdout)
+    assert out["returned_kb"] > 70 * 1024, out
+
+
 def test_training_memory_probes_the_first_two_batches_and_the_longest():
     from lorabench.trainer import memory_probe_batches
 

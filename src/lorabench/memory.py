@@ -6,7 +6,11 @@ no phase is charged for the ~200 MB of imports). A phase measured ``exact`` runs
 returning every freed block above 64 KiB to the kernel at once (a fixed M_MMAP_THRESHOLD): otherwise glibc
 keeps freed activations for reuse and RSS climbs step after step, charging a method with the allocator's
 habits. That costs page faults (a SmolLM2 step runs ~1.6x slower), so the training loop is measured exact
-only on a few probe steps (``trainer.memory_probe_batches``) and runs relaxed otherwise. Where the counter
+only on a few probe steps (``trainer.memory_probe_batches``) and runs relaxed otherwise. The allocator is
+exact from the moment a ``PhaseMemory`` exists, so loading runs exact too: a relaxed load leaves its freed
+temporaries as holes in the heap, which a later exact phase refills page by page without handing them back
+(QLoRA's inference peak on SmolLM2 spread over 590-730 MB between processes that way; 502-505 MB without the
+holes). Where the counter
 cannot be reset (not Linux, or a kernel that refuses), the phase peaks are NaN and ``memory_note`` says why:
 a peak since the process started would charge one phase with another's. GPU:
 ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. docs/methodology.md has the details
@@ -62,6 +66,8 @@ class PhaseMemory:
     def __init__(self, device: torch.device):
         import_libraries()
         self.device = device
+        if device.type != "cuda":
+            _set_mmap_threshold(EXACT_MMAP_THRESHOLD)  # loading runs exact: it leaves no holes (module docstring)
         self.resettable = device.type == "cuda" or _reset_high_water_mark()
         # What start() will hand back to the kernel must not sit in the baseline either: a baseline that holds
         # freed heap would understate every later phase by that much (or make it negative).
