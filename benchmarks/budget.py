@@ -12,8 +12,9 @@ A variant is JSON with any of three keys, each merged over config.yaml's entry:
     benchmarks/budget.py sst2 '{"params": {"dropout": 0.0}, "dataset": {"train_size": 6000}}'
 
 Every run goes through ``lorabench.run.train_run``, what the pipeline's train job runs, in this process (no
-Snakemake start-up per run); SparseLoRA's predictor is built as the pipeline's predictor rule builds it. It prints, per variant, the mean over seeds with its 95% t-interval, the
-per-seed scores and the mean training-loop time; the last line is ``best=VARIANT score=X`` (the highest
+Snakemake start-up per run); SparseLoRA's predictor is built as the pipeline's predictor rule builds it. It
+prints, per variant, the mean over seeds with its 95% t-interval, the per-seed scores and the mean
+training-loop time; the last line is ``best=VARIANT score=X`` (the highest
 accuracy, or the lowest perplexity). Data and models are prepared under resources/bench/ from the
 snapshots (LORABENCH_SNAPSHOTS, default ../shared/hf).
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from lorabench.config import ConfigError, dataset_training, validate_config
+from lorabench.config import ConfigError, dataset_training, method_params_on, validate_config
 from lorabench.ffn_sparsity import save_predictors
 from lorabench.methods import method_class
 from lorabench.run import train_run
@@ -52,7 +53,11 @@ def variant_config(raw: dict, dataset: str, method: str, variant: dict) -> dict:
     cfg = copy.deepcopy(raw)
     cfg["datasets"][dataset].update(variant.get("dataset", {}))
     cfg["training"].update(variant.get("training", {}))
-    cfg["methods"][method].update(variant.get("params", {}))
+    params = variant.get("params", {})
+    cfg["methods"][method].update(params)
+    for_model = cfg["methods"][method].get("by_model", {}).get(cfg["datasets"][dataset]["model"], {})
+    for key in params:  # the variant's settings win over config.yaml's for this model too
+        for_model.pop(key, None)
     try:
         return validate_config(cfg)
     except ConfigError as err:
@@ -62,7 +67,7 @@ def variant_config(raw: dict, dataset: str, method: str, variant: dict) -> dict:
 def run_variant(cfg: dict, dataset: str, method: str, seeds, cache: Path, work: Path) -> dict:
     model_dir, tok_dir = prepare(cfg, dataset, cache)  # tokens cached per version of the dataset's entry
     ds = cfg["datasets"][dataset]
-    params = {k: v for k, v in cfg["methods"][method].items() if k != "datasets"}
+    params = method_params_on(cfg, method, ds["model"])
     inputs = {}
     if getattr(method_class(params["type"]), "uses_predictor", False):  # SparseLoRA: what the predictor rule builds
         inputs["predictor"] = (cache / "predictors" / dataset /

@@ -35,7 +35,7 @@ def worker(config_path: str, method_name: str, ckpt: bool, steps: int) -> dict:
     """One arm, in this process: build, train ``steps`` optimizer steps, measure inference."""
     import torch
 
-    from lorabench.config import TrainingSettings, load_config
+    from lorabench.config import TrainingSettings, load_config, method_params_on
     from lorabench.data import EVAL, TRAIN, load_tokenized
     from lorabench.inference import inference_memory
     from lorabench.memory import PhaseMemory
@@ -49,7 +49,7 @@ def worker(config_path: str, method_name: str, ckpt: bool, steps: int) -> dict:
     config = load_config(config_path)
     ds = config["datasets"][DATASET]
     model_dir, tok_dir = prepare(config, DATASET, REPO / "resources" / "bench")
-    params = config["methods"][method_name]
+    params = method_params_on(config, method_name, ds["model"])
     loader, method, dev, prec = _setup(model_dir, ds, config["models"][ds["model"]], method_name, params,
                                        config["threads"], "cpu", config["precision"])
     memory = PhaseMemory(dev)

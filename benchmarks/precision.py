@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lorabench.config import TrainingSettings, dataset_entry, dataset_training, load_config
+from lorabench.config import TrainingSettings, dataset_entry, dataset_training, load_config, method_params_on
 from lorabench.data import EVAL, TRAIN, Collator, fetch_dataset, load_tokenized, tokenize_dataset
 from lorabench.evaluate import evaluate
 from lorabench.methods import build_method
@@ -95,7 +95,7 @@ def quality(config, dataset, model_dir, tok_dir, method, precision, seed) -> flo
     settings = TrainingSettings.from_dict(dataset_training(config, dataset))
     prec = resolve_precision(precision, CPU)
     loader = ModelLoader.for_dataset(model_dir, ds, config["models"][ds["model"]])
-    params = config["methods"][method]
+    params = method_params_on(config, method, ds["model"])
     m = build_method(method, params, loader.target_modules, prec)
     seed_everything(seed)
     model = m.build(loader)
@@ -130,7 +130,8 @@ def main() -> None:
         batches = timing_batches(model_name, model_dir, tok_dir, steps + 2)
         settings = TrainingSettings.from_dict(config["training"])  # the step alone: no recomputation
         for method in methods:
-            timing.append(step_times(model_name, method, config["methods"][method], loader, batches, settings))
+            timing.append(step_times(model_name, method, method_params_on(config, method, ds["model"]), loader,
+                                     batches, settings))
             for precision in ("fp32", "bf16"):
                 for seed in seeds:
                     value = quality(config, dataset, model_dir, tok_dir, method, precision, seed)

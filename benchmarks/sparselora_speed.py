@@ -1,12 +1,12 @@
 """LoRA against SparseLoRA (contextual FFN sparsity): training-step time and FLOPs on the same batches.
 
-    .venv/bin/python benchmarks/sparselora_speed.py [--quick] [--sparsity 0.9] [--precision auto]
+    .venv/bin/python benchmarks/sparselora_speed.py [--quick] [--sparsity 0.9] [--params JSON] [--precision auto]
 
 For SmolLM2 (batch 16 x 64 tokens of WikiText-2) and MiniLM (batch 16 x 128 tokens of IMDB reviews):
 - two models built alike from the same seed, one LoRA, one SparseLoRA with config.yaml's ``sparselora``
-  settings (``--sparsity`` overrides ffn_sparsity), stepping on the same batches, interleaved step by step
-  in one process (ABBA), after the dense warm-up; median and IQR of each arm's step time, speed-up = ratio
-  of medians;
+  settings (``--sparsity`` overrides ffn_sparsity, ``--params`` any of them), stepping on the same batches,
+  interleaved step by step in one process (ABBA), after the dense warm-up; median and IQR of each arm's step
+  time, speed-up = ratio of medians;
 - FLOPs of one training step of each, counted by torch.utils.flop_counter, against the analytic saving
   (the skipped channels' forward and input-gradient multiply-adds, minus the predictor's);
 - the predictor's quality per layer on one batch: overlap with the oracle top-k channels (random choice
@@ -18,6 +18,7 @@ Models and data are prepared under resources/bench/ from the snapshots (LORABENC
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 from datetime import date
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lorabench.config import TrainingSettings, load_config
+from lorabench.config import TrainingSettings, load_config, method_params_on
 from lorabench.data import TRAIN, Collator, length_grouped_batches, load_tokenized
 from lorabench.ffn_sparsity import _get, calibration_batches
 from lorabench.flops import step_flops_per_token
@@ -95,8 +96,11 @@ def measure(model_name: str, config: dict, sparse_params: dict, lora_params: dic
                "sparselora": step_flops_per_token(sparse.model, sparse.method, batches[0], precision)["sparse"]}
     analytic = analytic_saved_flops_per_token(sparse.method.sparsity)
     times = interleaved_bare_steps({"lora": lora, "sparselora": sparse}, batches)
+    per_layer = sparse.method.sparsity.sparsities
     row = {"model": model_name, "batch": f"{BATCH} x {batches[0]['input_ids'].shape[1]}",
-           "ffn_sparsity": sparse_params.get("ffn_sparsity"), "steps_timed": len(times["lora"]),
+           "ffn_sparsity": sparse_params.get("ffn_sparsity"),
+           "sparse_layers": f"{sum(x > 0 for x in per_layer)}/{len(per_layer)}",
+           "steps_timed": len(times["lora"]),
            **step_summary(times)}
     row["speedup"] = row["lora_step_ms_median"] / row["sparselora_step_ms_median"]
     ratios = np.asarray(times["lora"]) / np.asarray(times["sparselora"])
@@ -116,20 +120,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="12 timed steps per arm instead of 40")
     parser.add_argument("--sparsity", type=float, default=None, help="override sparselora.ffn_sparsity")
+    parser.add_argument("--params", type=json.loads, default={},
+                        help="JSON object of sparselora settings over config.yaml's, e.g. "
+                             "'{\"ffn_sparsity\": 0.9, \"dense_layers\": [0, 1, 2, -1]}'")
     parser.add_argument("--precision", default=None, help="override config.yaml's precision (auto, fp32, bf16)")
     parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
     args = parser.parse_args()
     set_threads(2)
     config = load_config(REPO / "config.yaml")
     precision = resolve_precision(args.precision or config["precision"], CPU)
-    sparse_params = dict(config["methods"]["sparselora"])
-    if args.sparsity is not None:
-        sparse_params["ffn_sparsity"] = args.sparsity
+    overrides = {**args.params, **({"ffn_sparsity": args.sparsity} if args.sparsity is not None else {})}
     steps = 14 if args.quick else 42
-    rows = [measure(m, config, sparse_params, config["methods"]["lora"], steps, precision) for m in args.models]
+    rows = [measure(m, config, {**method_params_on(config, "sparselora", m), **overrides},
+                    method_params_on(config, "lora", m), steps, precision) for m in args.models]
     print(f"# SparseLoRA against LoRA, {date.today()}, {device_name(CPU)} ({platform.machine()}), "
           f"precision {precision.name}, torch {torch.__version__}")
-    cols = ["model", "batch", "ffn_sparsity", "steps_timed", "lora_step_ms_median", "lora_step_ms_iqr",
+    cols = ["model", "batch", "ffn_sparsity", "sparse_layers", "steps_timed", "lora_step_ms_median", "lora_step_ms_iqr",
             "sparselora_step_ms_median", "sparselora_step_ms_iqr", "speedup", "speedup_iqr", "flops_saved_counted",
             "flops_saved_analytic", "overlap_mean", "overlap_min", "random_overlap", "mass_mean"]
     print("| " + " | ".join(cols) + " |")

@@ -139,6 +139,14 @@ def test_nothing_reruns_and_one_hyperparameter_reruns_only_its_method(smoke_run,
     assert len(trained) == sum(d == "sst2" for d, _ in run_pairs(cfg)) * len(cfg["seeds"])
     assert not any(r in ("fetch_dataset", "tokenize", "efficiency") for r, _ in one_dataset)
 
+    cfg = smoke_config()
+    cfg["methods"]["sparselora"]["by_model"] = {"smollm2": {"warmup_frac": 0.5}}  # one model's settings
+    one_model = _planned_jobs(snakemake(smoke_run, write_config(tmp_path / "by_model.yaml", cfg), "--dry-run",
+                                        timeout=120))
+    trained = sorted(w for r, w in one_model if r == "train")
+    assert trained == [f"dataset=wikitext2, method=sparselora, seed={s}" for s in cfg["seeds"]], trained
+    assert {r for r, _ in one_model} <= {"train", "aggregate", "statistics", "plot", "all"}
+
 
 def test_precision_is_part_of_every_run(smoke_run, tmp_path):
     cfg = smoke_config()

@@ -66,7 +66,62 @@ def _validate_methods(config: dict, schema: dict) -> None:
                     message += (" (sparselora narrows the base weights to the kept FFN channels on every step, "
                                 "which a quantized base stores packed: it trains on a full-precision base)")
             raise ConfigError(message)
-        _check_quantization(name, entry, method_defaults(kind).get("quantize", "none"))
+        default_quantize = method_defaults(kind).get("quantize", "none")
+        _check_quantization(name, entry, default_quantize)
+        _validate_by_model(config, name, entry, sub, default_quantize, f"settings of type '{kind}': type, "
+                           + ", ".join(sorted(method_settings(schema, types[kind]))))
+
+
+#: What a ``by_model`` override cannot change: what the entry is, where it runs, and the overrides themselves.
+ENTRY_ONLY_KEYS = ("type", "datasets", "by_model")
+
+
+def _validate_by_model(config: dict, name: str, entry: dict, validator, default_quantize: str, allowed: str) -> None:
+    """Each ``methods.<name>.by_model.<model>`` merged over its entry, against the entry's type (errors name the
+    override's key)."""
+    for model, override in entry.get("by_model", {}).items():
+        where = f"methods.{name}.by_model.{model}"
+        if model not in config["models"]:
+            raise ConfigError(f"config key '{where}': '{model}' is not a key of 'models' "
+                              f"(defined: {', '.join(config['models'])})")
+        fixed = [k for k in override if k in ENTRY_ONLY_KEYS]
+        if fixed:
+            raise ConfigError(f"config key '{where}.{fixed[0]}': set on the entry, not per model "
+                              f"({', '.join(ENTRY_ONLY_KEYS)} say what the entry is and where it runs)")
+        merged = {**{k: v for k, v in entry.items() if k != "by_model"}, **override}
+        errors = [e for e in validator.iter_errors(merged) if e.validator != "unevaluatedProperties"] or list(
+            validator.iter_errors(merged))
+        if errors:
+            best = jsonschema.exceptions.best_match(errors)
+            message = _explain(best, ("methods", name, "by_model", model))
+            if best.validator == "unevaluatedProperties":
+                message += f"; {allowed}"
+            raise ConfigError(message)
+        _check_quantization(f"{name}.by_model.{model}", merged, default_quantize)
+
+
+def method_params_on(config: dict, method: str, model: str) -> dict:
+    """A method's settings on ``model``'s datasets, as its jobs see them: the entry with ``by_model.<model>``
+    merged over it, without ``datasets`` and ``by_model`` (where it runs and the overrides say nothing more)."""
+    params = config["methods"][method]
+    merged = {**params, **params.get("by_model", {}).get(model, {})}
+    return {k: v for k, v in merged.items() if k not in ("datasets", "by_model")}
+
+
+def _setting_key(config: dict, method: str, model: str, key: str) -> str:
+    """The config key a setting of ``method`` on ``model`` comes from: its by_model override, or the entry."""
+    if key in config["methods"][method].get("by_model", {}).get(model, {}):
+        return f"methods.{method}.by_model.{model}.{key}"
+    return f"methods.{method}.{key}"
+
+
+def method_entries(config: dict):
+    """(config key, settings) of every method entry and of each of its per-model merges, for the checks that
+    hold for any settings."""
+    for name, params in config["methods"].items():
+        yield f"methods.{name}", {k: v for k, v in params.items() if k != "by_model"}
+        for model in params.get("by_model", {}):
+            yield f"methods.{name}.by_model.{model}", method_params_on(config, name, model)
 
 
 def _check_quantization(name: str, entry: dict, default_quantize: str) -> None:
@@ -164,9 +219,10 @@ def _semantic_checks(config: dict) -> None:
         if unknown:
             raise ConfigError(f"config key 'methods.{name}.datasets': {', '.join(map(repr, unknown))} is not a key "
                               f"of 'datasets' (defined: {', '.join(config['datasets'])})")
+    for key, params in method_entries(config):
         if "prune_start_frac" in params and params["prune_start_frac"] > params["prune_end_frac"]:
             raise ConfigError(
-                f"config key 'methods.{name}.prune_start_frac': {params['prune_start_frac']} is after "
+                f"config key '{key}.prune_start_frac': {params['prune_start_frac']} is after "
                 f"prune_end_frac {params['prune_end_frac']} (allowed: start <= end)"
             )
     if len(config["methods"]) > 1 and config["baseline_method"] not in config["methods"]:
@@ -208,10 +264,10 @@ def _check_dataset_training(config: dict) -> None:
 
 def _check_adapter_settings(config: dict) -> None:
     """Settings that only make sense together (AdaLoRA's ranks), and generic PEFT configs, checked by PEFT."""
-    for name, params in config["methods"].items():
+    for key, params in method_entries(config):
         if params["type"] == "adalora" and params["target_r"] > params["init_r"]:
             raise ConfigError(
-                f"config key 'methods.{name}.target_r': {params['target_r']} exceeds init_r {params['init_r']}; "
+                f"config key '{key}.target_r': {params['target_r']} exceeds init_r {params['init_r']}; "
                 "AdaLoRA prunes ranks from init_r down to target_r (allowed: 1..init_r)")
         if params["type"] == "peft":
             from lorabench.methods.peft_generic import PeftConfigError, make_peft_config
@@ -219,7 +275,7 @@ def _check_adapter_settings(config: dict) -> None:
             try:
                 make_peft_config(params["peft_config"], None, None, None)
             except PeftConfigError as err:
-                raise ConfigError(f"config key 'methods.{name}.peft_config': {err}") from None
+                raise ConfigError(f"config key '{key}.peft_config': {err}") from None
 
 
 def _check_precision(config: dict) -> None:
@@ -228,11 +284,12 @@ def _check_precision(config: dict) -> None:
 
     requested = config["precision"]
     for precision in (["bf16", "fp32"] if requested == "auto" else [requested]):
-        for name, params in config["methods"].items():
+        for key, params in method_entries(config):
             why = METHODS[params["type"]].precision_conflict(params, precision)
             if why:
                 via = f" ('auto' gives {precision} on hardware with native bf16)" if requested == "auto" else ""
-                raise ConfigError(f"config key 'methods.{name}': method '{name}' cannot run in precision "
+                name = key.split(".")[1]
+                raise ConfigError(f"config key '{key}': method '{name}' cannot run in precision "
                                   f"'{precision}'{via}: {why}")
 
 
@@ -285,11 +342,13 @@ def _check_ranks(config: dict) -> None:
         width = shape.smallest_width if shape else None
         if width is None:
             continue
-        for name, params in config["methods"].items():
+        for name in config["methods"]:
+            params = method_params_on(config, name, ds["model"])
             for key in ("r", "init_r"):
                 if params.get(key, 0) > width:
                     raise ConfigError(
-                        f"config key 'methods.{name}.{key}': rank {params[key]} exceeds the smallest adapted layer "
+                        f"config key '{_setting_key(config, name, ds['model'], key)}': rank {params[key]} exceeds "
+                        f"the smallest adapted layer "
                         f"width {width} of model '{ds['model']}' (dataset {ds_name}); allowed: 1..{width}")
 
 
@@ -301,10 +360,11 @@ def _check_contextual_sparsity(config: dict) -> None:
     from lorabench.methods.sparselora import LayerSettingError, layer_sparsities
     from lorabench.models import model_shape
 
-    for name, params in config["methods"].items():
-        if not getattr(method_class(params["type"]), "uses_predictor", False):
+    for name, entry in config["methods"].items():
+        if not getattr(method_class(entry["type"]), "uses_predictor", False):
             continue
         for ds_name, ds in config["datasets"].items():
+            params = method_params_on(config, name, ds["model"])
             shape = model_shape(config["snapshots"], config["models"][ds["model"]])
             if shape is None:
                 continue
@@ -318,11 +378,13 @@ def _check_contextual_sparsity(config: dict) -> None:
             try:
                 layer_sparsities(params, shape.num_layers)
             except LayerSettingError as err:
-                raise ConfigError(f"config key 'methods.{name}.{err.key}': {err.message} ({where})") from None
+                raise ConfigError(f"config key '{_setting_key(config, name, ds['model'], err.key)}': {err.message} "
+                                  f"({where})") from None
             width = min(shape.hidden, shape.intermediate)
             if params["predictor_rank"] > width:
                 raise ConfigError(
-                    f"config key 'methods.{name}.predictor_rank': {params['predictor_rank']} exceeds the FFN "
+                    f"config key '{_setting_key(config, name, ds['model'], 'predictor_rank')}': "
+                    f"{params['predictor_rank']} exceeds the FFN "
                     f"up-projection's smaller side {width} ({where}); allowed: 1..{width}")
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also when not pip-installed
 
-from lorabench.config import ConfigError, dataset_entry, dataset_training, sorted_keys, validate_config
+from lorabench.config import (ConfigError, dataset_entry, dataset_training, method_params_on, sorted_keys,
+                              validate_config)
 from lorabench.methods import architecture_params, method_class, method_type
 
 try:
@@ -58,17 +59,18 @@ EVAL_KEYS_OF_EFFICIENCY = ("latency_examples", "timing_repeats", "throughput_bat
 
 def method_inputs(wildcards):
     """Files a method reads besides the model and the data, by role (SparseLoRA: its channel predictor)."""
-    params = config["methods"][wildcards.method]
+    params = run_settings(wildcards.method, wildcards.dataset)
     if getattr(method_class(params["type"]), "uses_predictor", False):
         folder = f"resources/predictors/{wildcards.dataset}/{model_of(wildcards.dataset)}"
         return {"predictor": f"{folder}/{params['predictor']}_rank{params['predictor_rank']}.safetensors"}
     return {}
 
 
-def run_settings(method):
-    """A method's settings as its jobs see them: without `datasets`, which says where it runs, not how (adding
-    a dataset to the list reruns nothing that already ran)."""
-    return {k: v for k, v in config["methods"][method].items() if k != "datasets"}
+def run_settings(method, dataset):
+    """A method's settings as its jobs on `dataset` see them: its `by_model` settings for the dataset's model
+    merged in; without `datasets`, which says where it runs, not how (adding a dataset to the list reruns nothing
+    that already ran), and without the other models' settings (changing those reruns only their runs)."""
+    return method_params_on(config, method, model_of(dataset))
 
 
 def run_params(wildcards):
@@ -77,7 +79,7 @@ def run_params(wildcards):
     return {
         "dataset": ds,
         "model_cfg": config["models"][ds["model"]],
-        "method_params": run_settings(wildcards.method),
+        "method_params": run_settings(wildcards.method, wildcards.dataset),
         "training": dataset_training(config, wildcards.dataset),
         "evaluation": {k: config["evaluation"][k] for k in EVAL_KEYS_OF_TRAIN},
         "device": config["device"],
@@ -92,7 +94,7 @@ def efficiency_params(wildcards):
     return {
         "dataset": ds,
         "model_cfg": config["models"][ds["model"]],
-        "method_params": architecture_params(wildcards.method, run_settings(wildcards.method)),
+        "method_params": architecture_params(wildcards.method, run_settings(wildcards.method, wildcards.dataset)),
         "evaluation": {k: config["evaluation"][k] for k in EVAL_KEYS_OF_EFFICIENCY},
         "device": config["device"],
         "precision": config["precision"],
