@@ -78,7 +78,7 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
     settings = TrainingSettings.from_dict(training)
     seed_everything(seed)
     model = method.build(loader)
-    load_peak = memory.peak_mb()
+    load_peak = memory.stop()  # the load phase ends: relaxed until the first probe step (an untrained run evaluates)
     counts = count_parameters(model, loader.head_modules)
     rows = load_tokenized(tokenized_dir, TRAIN).to_list()
     collator = _collator(loader, settings.mlm_probability)
