@@ -51,53 +51,48 @@ def _validate_methods(config: dict, schema: dict) -> None:
                         else (f"methods.{name}", " (without 'type', the key is the type; give the entry a 'type')"))
             raise ConfigError(f"config key '{key}': no method type '{kind}'{why}; registered: {', '.join(types)}")
         entry = {k: v for k, v in params.items() if k != "type"}
-        sub = jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": f"#/$defs/method_types/{kind}"})
-        errors = list(sub.iter_errors(entry))
-        if errors:
-            # A failing allOf part loses its annotations, so every key it holds also shows as unevaluated: the
-            # failing value is the error to report.
-            errors = [e for e in errors if e.validator != "unevaluatedProperties"] or errors
-            best = jsonschema.exceptions.best_match(errors)
-            message = _explain(best, ("methods", name))  # the entry's key, not the type's definition
-            if best.validator == "unevaluatedProperties":
-                allowed = sorted(method_settings(schema, types[kind]))
-                message += f"; settings of type '{kind}': type, {', '.join(allowed)}"
-                if kind == "sparselora" and "'quantize'" in best.message:
-                    message += (" (sparselora narrows the base weights to the kept FFN channels on every step, "
-                                "which a quantized base stores packed: it trains on a full-precision base)")
-            raise ConfigError(message)
-        default_quantize = method_defaults(kind).get("quantize", "none")
-        _check_quantization(name, entry, default_quantize)
-        _validate_by_model(config, name, entry, sub, default_quantize, f"settings of type '{kind}': type, "
-                           + ", ".join(sorted(method_settings(schema, types[kind]))))
+        _check_method_settings(schema, kind, entry, ("methods", name))
+        for model, override in entry.get("by_model", {}).items():
+            _check_by_model_keys(config, name, model, override)
+            merged = {**{k: v for k, v in entry.items() if k != "by_model"}, **override}
+            _check_method_settings(schema, kind, merged, ("methods", name, "by_model", model))
 
 
 #: What a ``by_model`` override cannot change: what the entry is, where it runs, and the overrides themselves.
 ENTRY_ONLY_KEYS = ("type", "datasets", "by_model")
 
 
-def _validate_by_model(config: dict, name: str, entry: dict, validator, default_quantize: str, allowed: str) -> None:
-    """Each ``methods.<name>.by_model.<model>`` merged over its entry, against the entry's type (errors name the
-    override's key)."""
-    for model, override in entry.get("by_model", {}).items():
-        where = f"methods.{name}.by_model.{model}"
-        if model not in config["models"]:
-            raise ConfigError(f"config key '{where}': '{model}' is not a key of 'models' "
-                              f"(defined: {', '.join(config['models'])})")
-        fixed = [k for k in override if k in ENTRY_ONLY_KEYS]
-        if fixed:
-            raise ConfigError(f"config key '{where}.{fixed[0]}': set on the entry, not per model "
-                              f"({', '.join(ENTRY_ONLY_KEYS)} say what the entry is and where it runs)")
-        merged = {**{k: v for k, v in entry.items() if k != "by_model"}, **override}
-        errors = [e for e in validator.iter_errors(merged) if e.validator != "unevaluatedProperties"] or list(
-            validator.iter_errors(merged))
-        if errors:
-            best = jsonschema.exceptions.best_match(errors)
-            message = _explain(best, ("methods", name, "by_model", model))
-            if best.validator == "unevaluatedProperties":
-                message += f"; {allowed}"
-            raise ConfigError(message)
-        _check_quantization(f"{name}.by_model.{model}", merged, default_quantize)
+def _check_method_settings(schema: dict, kind: str, entry: dict, path: tuple) -> None:
+    """One method entry (or an entry with a by_model override merged in) against its type; errors name the key
+    under ``path``."""
+    validator = jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": f"#/$defs/method_types/{kind}"})
+    errors = list(validator.iter_errors(entry))
+    if errors:
+        # A failing allOf part loses its annotations, so every key it holds also shows as unevaluated: the
+        # failing value is the error to report.
+        errors = [e for e in errors if e.validator != "unevaluatedProperties"] or errors
+        best = jsonschema.exceptions.best_match(errors)
+        message = _explain(best, path)  # the entry's key, not the type's definition
+        if best.validator == "unevaluatedProperties":
+            allowed = sorted(method_settings(schema, schema["$defs"]["method_types"][kind]))
+            message += f"; settings of type '{kind}': type, {', '.join(allowed)}"
+            if kind == "sparselora" and "'quantize'" in best.message:
+                message += (" (sparselora narrows the base weights to the kept FFN channels on every step, "
+                            "which a quantized base stores packed: it trains on a full-precision base)")
+        raise ConfigError(message)
+    _check_quantization(".".join(path[1:]), entry, method_defaults(kind).get("quantize", "none"))
+
+
+def _check_by_model_keys(config: dict, name: str, model: str, override: dict) -> None:
+    """``methods.<name>.by_model.<model>`` names a model and changes only how the method runs."""
+    where = f"methods.{name}.by_model.{model}"
+    if model not in config["models"]:
+        raise ConfigError(f"config key '{where}': '{model}' is not a key of 'models' "
+                          f"(defined: {', '.join(config['models'])})")
+    fixed = [k for k in override if k in ENTRY_ONLY_KEYS]
+    if fixed:
+        raise ConfigError(f"config key '{where}.{fixed[0]}': set on the entry, not per model "
+                          f"({', '.join(ENTRY_ONLY_KEYS)} say what the entry is and where it runs)")
 
 
 def method_params_on(config: dict, method: str, model: str) -> dict:
@@ -116,12 +111,12 @@ def _setting_key(config: dict, method: str, model: str, key: str) -> str:
 
 
 def method_entries(config: dict):
-    """(config key, settings) of every method entry and of each of its per-model merges, for the checks that
-    hold for any settings."""
+    """(config key, method name, settings) of every method entry and of each of its per-model merges, for the
+    checks that hold for any settings."""
     for name, params in config["methods"].items():
-        yield f"methods.{name}", {k: v for k, v in params.items() if k != "by_model"}
+        yield f"methods.{name}", name, {k: v for k, v in params.items() if k != "by_model"}
         for model in params.get("by_model", {}):
-            yield f"methods.{name}.by_model.{model}", method_params_on(config, name, model)
+            yield f"methods.{name}.by_model.{model}", name, method_params_on(config, name, model)
 
 
 def _check_quantization(name: str, entry: dict, default_quantize: str) -> None:
@@ -219,7 +214,7 @@ def _semantic_checks(config: dict) -> None:
         if unknown:
             raise ConfigError(f"config key 'methods.{name}.datasets': {', '.join(map(repr, unknown))} is not a key "
                               f"of 'datasets' (defined: {', '.join(config['datasets'])})")
-    for key, params in method_entries(config):
+    for key, _, params in method_entries(config):
         if "prune_start_frac" in params and params["prune_start_frac"] > params["prune_end_frac"]:
             raise ConfigError(
                 f"config key '{key}.prune_start_frac': {params['prune_start_frac']} is after "
@@ -264,7 +259,7 @@ def _check_dataset_training(config: dict) -> None:
 
 def _check_adapter_settings(config: dict) -> None:
     """Settings that only make sense together (AdaLoRA's ranks), and generic PEFT configs, checked by PEFT."""
-    for key, params in method_entries(config):
+    for key, _, params in method_entries(config):
         if params["type"] == "adalora" and params["target_r"] > params["init_r"]:
             raise ConfigError(
                 f"config key '{key}.target_r': {params['target_r']} exceeds init_r {params['init_r']}; "
@@ -284,11 +279,10 @@ def _check_precision(config: dict) -> None:
 
     requested = config["precision"]
     for precision in (["bf16", "fp32"] if requested == "auto" else [requested]):
-        for key, params in method_entries(config):
+        for key, name, params in method_entries(config):
             why = METHODS[params["type"]].precision_conflict(params, precision)
             if why:
                 via = f" ('auto' gives {precision} on hardware with native bf16)" if requested == "auto" else ""
-                name = key.split(".")[1]
                 raise ConfigError(f"config key '{key}': method '{name}' cannot run in precision "
                                   f"'{precision}'{via}: {why}")
 
