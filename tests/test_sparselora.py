@@ -9,7 +9,8 @@ from transformers import AutoTokenizer
 
 from lorabench.config import TrainingSettings
 from lorabench.data import Collator
-from lorabench.ffn_sparsity import FFN_MAPS, FFNSparsity, _get, compute_predictors, find_blocks, kept_channels
+from lorabench.ffn_sparsity import (FFN_MAPS, FFNSparsity, _get, _parts, compute_predictors, find_blocks,
+                                    kept_channels)
 from lorabench.methods import build_method
 from lorabench.methods.sparselora import layer_sparsities
 from lorabench.models import ModelLoader
@@ -132,6 +133,29 @@ def test_eval_mode_and_dense_layers_use_the_original_forward(case):
         sparsity.sparse = False
         dense_eval = model(**batch).logits
     assert torch.equal(sparse_eval, dense_eval)
+
+
+def test_predictor_scores_are_the_norm_over_real_tokens_and_bf16_keeps_their_ranking(case):
+    """The predictor's score of a channel is the L2 norm, over the batch's real tokens, of the hidden activation
+    through the rank-r factors: equal to an fp32 reference computed tokens by channels with padding dropped, and
+    under bf16 autocast (how training runs on CPUs with bf16) the kept channels are nearly the same."""
+    model, sparsity, batch = case
+    inputs, _ = sparsity._dense_capture(model, {k: v for k, v in batch.items() if k != "labels"})
+    real = batch["attention_mask"].reshape(-1).bool()
+    assert not real.all()  # the batch has padding, so dropping it is checked
+    for i, x in inputs.items():
+        block, tokens = sparsity.blocks[i], x.float().reshape(-1, x.shape[-1])[real]
+        pre = []
+        for path, (a, b) in zip(sparsity.fmap.ups, sparsity.predictors[i]):
+            bias = _parts(_get(block, path))[0].bias
+            pre.append(tokens @ a @ b + (0 if bias is None else bias))
+        reference = sparsity.fmap.hidden(block, pre).norm(dim=0)
+        torch.testing.assert_close(sparsity.predicted_scores(i, x), reference, rtol=1e-4, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = sparsity.predicted_scores(i, x)
+        k = kept_channels(sparsity.widths[i], 0.5)
+        same = set(low.topk(k).indices.tolist()) & set(reference.topk(k).indices.tolist())
+        assert len(same) / k > 0.9
 
 
 def test_predictor_picks_the_heavy_channels_far_more_often_than_chance():

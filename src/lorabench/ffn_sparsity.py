@@ -5,7 +5,8 @@ For each sparse layer and each training batch:
 1. the predictor computes every hidden channel of the FFN for every token through a rank-r truncated SVD
    ``A B`` of the frozen up-projections, computed once per model (``compute_predictors``):
    ``act(x A B + b)`` (``act(x A_g B_g) * (x A_u B_u)`` for gated FFNs);
-2. the channels with the largest L2 norm over the batch's real tokens are kept.
+2. the channels with the largest L2 norm over the batch's real tokens are kept (the predictor runs in the
+   layer's matmul precision, channels by tokens: ``FFNSparsity.predicted_scores``).
    The paper scores the mean input of each sequence instead; on these small models that misses the channels
    that carry massive activations on a few tokens (docs/papers.md has the measurement). Per token, rank 8
    costs about 1% of the dense FFN here;
@@ -279,6 +280,7 @@ class FFNSparsity:
         self.sparse = True
         self.force_channels: dict[int, torch.Tensor] = {}
         self.token_mask: torch.Tensor | None = None
+        self._factor_cache: dict = {}
         self.predictors = {}
         for i, s in enumerate(self.sparsities):
             if s > 0:
@@ -308,21 +310,39 @@ class FFNSparsity:
             return None
         return mask.to(torch.float32).unsqueeze(-1)
 
+    def _factors(self, layer: int, dtype: torch.dtype, device: torch.device) -> list[tuple]:
+        """Per up-projection of ``layer``: (A^T, B^T, bias as a column or None) in ``dtype``, cast once."""
+        key = (layer, dtype, device)
+        if key not in self._factor_cache:
+            block, factors = self.blocks[layer], []
+            for path, (a, b) in zip(self.fmap.ups, self.predictors[layer]):
+                bias = _parts(_get(block, path))[0].bias
+                factors.append((a.T.to(device, dtype).contiguous(), b.T.to(device, dtype).contiguous(),
+                                None if bias is None else bias.detach().to(device, dtype)[:, None]))
+            self._factor_cache[key] = factors
+        return self._factor_cache[key]
+
     @torch.no_grad()
     def predicted_scores(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """The predictor's score of every hidden channel of ``layer`` for the batch ``x``: the squared L2 norm,
-        over the batch's real tokens, of the hidden activation computed through the rank-r factors."""
-        block, x = self.blocks[layer], x.float()
-        pre = []
-        for path, (a, b) in zip(self.fmap.ups, self.predictors[layer]):
-            bias = _parts(_get(block, path))[0].bias
-            p = (x @ a.to(x.device)) @ b.to(x.device)
-            pre.append(p if bias is None else p + bias.float())
-        hidden = self.fmap.hidden(block, pre)
-        weights = self._real_tokens(x)
-        if weights is not None:
-            hidden = hidden * weights
-        return hidden.pow(2).sum(dim=(0, 1))
+        """The predictor's score of every hidden channel of ``layer`` for the batch ``x``: the L2 norm, over the
+        batch's real tokens, of the hidden activation computed through the rank-r factors.
+
+        It runs in the precision the layer's matmuls run in (bf16 under autocast) and channels-by-tokens, so the
+        norm reduces along contiguous memory: under half the cost of an fp32, tokens-by-channels computation,
+        and the same choice of channels but for bf16 rounding at the boundary (docs/performance.md). The cast
+        factors are cached: they and the frozen biases never change during training."""
+        device = x.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
+        tokens = x.reshape(-1, x.shape[-1])
+        mask = self.token_mask
+        if mask is not None and mask.shape == x.shape[:2] and not bool(mask.all()):
+            tokens = tokens[mask.reshape(-1).bool()]  # padding does not enter the scores
+        tokens_t = tokens.to(dtype).T
+        with torch.autocast(device.type, enabled=False):
+            pre = [b_t @ (a_t @ tokens_t) if bias is None else torch.addmm(bias, b_t, a_t @ tokens_t)
+                   for a_t, b_t, bias in self._factors(layer, dtype, device)]  # channels x tokens
+            hidden = self.fmap.hidden(self.blocks[layer], pre)
+            return torch.linalg.vector_norm(hidden, dim=1, dtype=torch.float32)
 
     def select(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """Sorted indices of the channels ``layer`` computes for this batch."""
