@@ -303,12 +303,11 @@ class FFNSparsity:
         self._undo = []
         self._hook.remove()
 
-    def _real_tokens(self, x: torch.Tensor) -> torch.Tensor | None:
-        """(batch, seq, 1) weights of the batch's real tokens, or None when every position counts."""
+    def _mask_of(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The batch's (batch, seq) attention mask when it fits ``x``'s first two dimensions, else None (every
+        position counts)."""
         mask = self.token_mask
-        if mask is None or mask.shape != x.shape[:2]:
-            return None
-        return mask.to(torch.float32).unsqueeze(-1)
+        return mask if mask is not None and mask.shape == x.shape[:2] else None
 
     def _factors(self, layer: int, dtype: torch.dtype, device: torch.device) -> list[tuple]:
         """Per up-projection of ``layer``: (A^T, B^T, bias as a column or None) in ``dtype``, cast once."""
@@ -334,8 +333,8 @@ class FFNSparsity:
         device = x.device
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
         tokens = x.reshape(-1, x.shape[-1])
-        mask = self.token_mask
-        if mask is not None and mask.shape == x.shape[:2] and not bool(mask.all()):
+        mask = self._mask_of(x)
+        if mask is not None and not bool(mask.all()):
             tokens = tokens[mask.reshape(-1).bool()]  # padding does not enter the scores
         tokens_t = tokens.to(dtype).T
         with torch.autocast(device.type, enabled=False):
@@ -393,8 +392,8 @@ class FFNSparsity:
         inputs, hidden = self._dense_capture(model, batch)
         quality = {}
         for i, h in hidden.items():
-            weights = self._real_tokens(h)
-            h = h.float() if weights is None else h.float() * weights
+            mask = self._mask_of(h)
+            h = h.float() if mask is None else h.float() * mask.to(torch.float32).unsqueeze(-1)
             energy = h.pow(2).sum(dim=(0, 1))
             k = kept_channels(self.widths[i], self.sparsities[i])
             oracle = torch.topk(energy, k).indices

@@ -10,11 +10,10 @@ only on a few probe steps (``trainer.memory_probe_batches``) and runs relaxed ot
 exact from the moment a ``PhaseMemory`` exists, so loading runs exact too: a relaxed load leaves its freed
 temporaries as holes in the heap, which a later exact phase refills page by page without handing them back
 (QLoRA's inference peak on SmolLM2 spread over 590-730 MB between processes that way; 502-505 MB without the
-holes). Where the counter
-cannot be reset (not Linux, or a kernel that refuses), the phase peaks are NaN and ``memory_note`` says why:
-a peak since the process started would charge one phase with another's. GPU:
-``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. docs/methodology.md has the details
-and the limits.
+holes). Where the counter cannot be reset (not Linux, or a kernel that refuses), the phase peaks are NaN and
+``memory_note`` says why: a peak since the process started would charge one phase with another's. GPU:
+``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. docs/methodology.md has the details and
+the limits.
 """
 
 from __future__ import annotations
