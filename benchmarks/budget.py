@@ -33,7 +33,7 @@ import pandas as pd
 import yaml
 
 from lorabench.config import ConfigError, dataset_training, method_params_on, validate_config
-from lorabench.ffn_sparsity import save_predictors
+from lorabench.sparsity_predictors import save_predictors
 from lorabench.methods import method_class
 from lorabench.run import train_run
 from lorabench.stats import t_interval
@@ -51,6 +51,9 @@ def variant_config(raw: dict, dataset: str, method: str, variant: dict) -> dict:
     if unknown:
         raise SystemExit(f"budget.py: unknown variant key(s) {sorted(unknown)}; allowed: dataset, training, params")
     cfg = copy.deepcopy(raw)
+    # Only this dataset and method run: a per-layer list for this model is not checked against the others.
+    cfg["datasets"] = {dataset: cfg["datasets"][dataset]}
+    cfg["methods"] = {method: cfg["methods"][method]}
     cfg["datasets"][dataset].update(variant.get("dataset", {}))
     cfg["training"].update(variant.get("training", {}))
     params = variant.get("params", {})

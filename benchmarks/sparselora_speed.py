@@ -1,4 +1,5 @@
-"""LoRA against SparseLoRA (contextual FFN sparsity): training-step time and FLOPs on the same batches.
+"""LoRA against SparseLoRA (contextual FFN and attention sparsity): training-step time and FLOPs on the same
+batches.
 
     .venv/bin/python benchmarks/sparselora_speed.py [--quick] [--sparsity 0.9] [--params JSON] [--precision auto]
 
@@ -9,8 +10,9 @@ For SmolLM2 (batch 16 x 64 tokens of WikiText-2) and MiniLM (batch 16 x 128 toke
   time, speed-up = ratio of medians;
 - FLOPs of one training step of each, counted by torch.utils.flop_counter, against the analytic saving
   (the skipped channels' forward and input-gradient multiply-adds, minus the predictor's);
-- the predictor's quality per layer on one batch: overlap with the oracle top-k channels (random choice
-  scores 1 - sparsity) and the share of the activation's squared norm it keeps, relative to the oracle.
+- the FFN predictor's quality per layer on one batch: overlap with the oracle top-k channels (random choice
+  scores 1 - sparsity) and the share of the activation's squared norm it keeps, relative to the oracle
+  (the attention's is tests/test_attn_sparsity.py's).
 The last line is  speedup_smollm2=X speedup_minilm=Y flops_saved=Z  (flops_saved: counted, SmolLM2).
 Models and data are prepared under resources/bench/ from the snapshots (LORABENCH_SNAPSHOTS).
 """
@@ -29,7 +31,8 @@ import torch
 
 from lorabench.config import TrainingSettings, load_config, method_params_on
 from lorabench.data import TRAIN, Collator, length_grouped_batches, load_tokenized
-from lorabench.ffn_sparsity import _get, calibration_batches
+from lorabench.ffn_sparsity import _get
+from lorabench.sparsity_predictors import calibration_batches
 from lorabench.flops import step_flops_per_token
 from lorabench.models import ModelLoader
 from lorabench.precision import resolve_precision
@@ -62,20 +65,27 @@ def batches_of(tok_dir: Path, loader: ModelLoader, tokens: int, n: int) -> tuple
     return batches, calibration_batches(calibration, collator)
 
 
-def analytic_saved_flops_per_token(sparsity) -> float:
-    """Per token: 2 x (forward + input-gradient) multiply-adds of the skipped FFN channels, minus the
-    predictor's forward multiply-adds (it runs without gradients)."""
-    fmap, saved = sparsity.fmap, 0.0
-    for i, block in enumerate(sparsity.blocks):
-        s = sparsity.sparsities[i]
-        if s == 0:
-            continue
+def analytic_saved_flops_per_token(ffn, attn, seq: int) -> float:
+    """Per token: 2 x (forward + input-gradient) multiply-adds of the skipped FFN channels and, with attention
+    sparsity, of the skipped q/k/v output channels and o input columns, plus the attention's own matmuls on the
+    skipped channels (QK^T and PV: forward 2, backward 4, over ``seq`` positions); minus the predictor's
+    forward multiply-adds (it runs without gradients)."""
+    fmap, saved = ffn.fmap, 0.0
+    for i, block in enumerate(ffn.blocks):
         up = _get(block, fmap.ups[0])
-        hidden, inter = getattr(up, "base_layer", up).weight.shape[1], sparsity.widths[i]
-        skipped = inter - round(inter * (1 - s))
-        saved += 2 * 2 * (len(fmap.ups) + 1) * hidden * skipped
-        rank = sparsity.predictors[i][0][0].shape[1]
-        saved -= 2 * len(fmap.ups) * rank * (hidden + inter)
+        hidden = getattr(up, "base_layer", up).weight.shape[1]
+        s, inter = ffn.sparsities[i], ffn.widths[i]
+        if s > 0:
+            skipped = inter - round(inter * (1 - s))
+            saved += 2 * 2 * (len(fmap.ups) + 1) * hidden * skipped
+            rank = ffn.predictors[i][0][0].shape[1]
+            saved -= 2 * len(fmap.ups) * rank * (hidden + inter)
+        if attn is not None and attn.sparsities[i] > 0:
+            n_q, n_kv, head_dim = attn.heads
+            skipped = head_dim - attn.kept(i)
+            saved += 2 * 2 * hidden * skipped * (2 * n_q + 2 * n_kv) + 2 * 6 * seq * skipped * n_q
+            rank = attn.predictors[i][0][0].shape[1]
+            saved -= 2 * rank * (3 * hidden + (n_q + 2 * n_kv) * head_dim)
     return saved
 
 
@@ -90,15 +100,18 @@ def measure(model_name: str, config: dict, sparse_params: dict, lora_params: dic
     sparse = Arm("sparselora", sparse_params, loader, settings, steps, precision)
     # Past the dense warm-up: every step is sparse.
     sparse.method.on_train_start(sparse.model, steps, steps, lambda: calibration)
-    quality = sparse.method.sparsity.predictor_quality(
-        sparse.model, {k: v for k, v in batches[0].items() if k != "labels"})
+    with sparse.method.computing("dense"):  # the FFN's true inputs come from a dense attention
+        quality = sparse.method.ffn_sparsity.predictor_quality(
+            sparse.model, {k: v for k, v in batches[0].items() if k != "labels"})
     counted = {"lora": step_flops_per_token(lora.model, lora.method, batches[0], precision)["dense"],
                "sparselora": step_flops_per_token(sparse.model, sparse.method, batches[0], precision)["sparse"]}
-    analytic = analytic_saved_flops_per_token(sparse.method.sparsity)
+    analytic = analytic_saved_flops_per_token(sparse.method.ffn_sparsity, sparse.method.attn_sparsity,
+                                              batches[0]["input_ids"].shape[1])
     times = interleaved_bare_steps({"lora": lora, "sparselora": sparse}, batches)
-    per_layer = sparse.method.sparsity.sparsities
+    per_layer = sparse.method.ffn_sparsity.sparsities
     row = {"model": model_name, "batch": f"{BATCH} x {batches[0]['input_ids'].shape[1]}",
            "ffn_sparsity": sparse_params.get("ffn_sparsity"),
+           "attn_sparsity": sparse_params.get("attn_sparsity", 0.0),
            "sparse_layers": f"{sum(x > 0 for x in per_layer)}/{len(per_layer)}",
            "steps_timed": len(times["lora"]),
            **step_summary(times)}
@@ -109,7 +122,7 @@ def measure(model_name: str, config: dict, sparse_params: dict, lora_params: dic
     row["flops_saved_analytic"] = analytic / counted["lora"]
     row["overlap_mean"] = float(np.mean([q["overlap"] for q in quality.values()]))
     row["overlap_min"] = float(np.min([q["overlap"] for q in quality.values()]))
-    row["random_overlap"] = 1 - max(sparse.method.sparsity.sparsities)
+    row["random_overlap"] = 1 - max(sparse.method.ffn_sparsity.sparsities)
     row["mass_mean"] = float(np.mean([q["mass"] for q in quality.values()]))
     row["overlap_by_layer"] = {i: round(q["overlap"], 2) for i, q in sorted(quality.items())}
     sparse.method.finalize(sparse.model)
@@ -135,9 +148,10 @@ def main() -> None:
                     method_params_on(config, "lora", m), steps, precision) for m in args.models]
     print(f"# SparseLoRA against LoRA, {date.today()}, {device_name(CPU)} ({platform.machine()}), "
           f"precision {precision.name}, torch {torch.__version__}")
-    cols = ["model", "batch", "ffn_sparsity", "sparse_layers", "steps_timed", "lora_step_ms_median", "lora_step_ms_iqr",
-            "sparselora_step_ms_median", "sparselora_step_ms_iqr", "speedup", "speedup_iqr", "flops_saved_counted",
-            "flops_saved_analytic", "overlap_mean", "overlap_min", "random_overlap", "mass_mean"]
+    cols = ["model", "batch", "ffn_sparsity", "attn_sparsity", "sparse_layers", "steps_timed",
+            "lora_step_ms_median", "lora_step_ms_iqr", "sparselora_step_ms_median", "sparselora_step_ms_iqr",
+            "speedup", "speedup_iqr", "flops_saved_counted", "flops_saved_analytic", "overlap_mean", "overlap_min",
+            "random_overlap", "mass_mean"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

@@ -9,11 +9,11 @@ from transformers import AutoTokenizer
 
 from lorabench.config import TrainingSettings
 from lorabench.data import Collator
-from lorabench.ffn_sparsity import (FFN_MAPS, FFNSparsity, _get, _parts, compute_predictors, find_blocks,
-                                    kept_channels)
+from lorabench.ffn_sparsity import FFN_MAPS, FFNSparsity, _get, _parts, find_blocks, kept_channels
 from lorabench.methods import build_method
 from lorabench.methods.sparselora import layer_sparsities
 from lorabench.models import ModelLoader
+from lorabench.sparsity_predictors import compute_predictors
 from lorabench.trainer import RunId, enable_gradient_checkpointing, train
 from lorabench.utils import seed_everything
 
@@ -40,12 +40,8 @@ def random_batch(vocab: int, task: str) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-@pytest.fixture(params=["bert", "llama", "distilbert"])
-def case(request, tiny_llama, tiny_distilbert):
-    """(LoRA model with non-zero adapters, its FFNSparsity at 50% on every layer, a batch)."""
-    arch = request.param
-    folder, task = {"bert": (MINILM, "classification"), "llama": (tiny_llama, "language_modeling"),
-                    "distilbert": (tiny_distilbert, "classification")}[arch]
+def lora_with_live_adapters(arch: str, folder, task: str):
+    """(LoRA model in train mode whose adapters are non-zero, a batch with padding) of one architecture."""
     loader = ModelLoader(folder, task, 2)
     seed_everything(0)
     model = build_method("lora", LORA, loader.target_modules).build(loader)
@@ -54,10 +50,20 @@ def case(request, tiny_llama, tiny_distilbert):
             if "lora_B" in name:
                 p.normal_(0, 0.05)
     model.train()
+    vocab = model.get_base_model().config.vocab_size
+    return model, sst2_batch(8) if arch == "bert" else random_batch(vocab, task)
+
+
+@pytest.fixture(params=["bert", "llama", "distilbert"])
+def case(request, tiny_llama, tiny_distilbert):
+    """(LoRA model with non-zero adapters, its FFNSparsity at 50% on every layer, a batch)."""
+    arch = request.param
+    folder, task = {"bert": (MINILM, "classification"), "llama": (tiny_llama, "language_modeling"),
+                    "distilbert": (tiny_distilbert, "classification")}[arch]
+    model, batch = lora_with_live_adapters(arch, folder, task)
     base = model.get_base_model()
     n_layers = len(find_blocks(base, FFN_MAPS[arch]))
     sparsity = FFNSparsity(base, arch, [0.5] * n_layers, compute_predictors(base, arch, 4))
-    batch = sst2_batch(8) if arch == "bert" else random_batch(base.config.vocab_size, task)
     yield model, sparsity, batch
     sparsity.remove()
 
@@ -73,29 +79,34 @@ def step(model, sparsity, batch, sparse: bool):
     return out.logits.detach(), grads
 
 
+def assert_same_step(got, want) -> None:
+    """Two ``step`` results agree: logits and every trainable gradient, the adapters' among them."""
+    (logits, grads), (ref_logits, ref_grads) = got, want
+    assert torch.allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys() and any("lora_A" in n for n in grads)
+    for name in grads:
+        assert torch.allclose(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+def assert_checkpointing_recomputes_the_same_channels(model, sparsity, batch) -> None:
+    """The backward pass's recomputation asks the predictor again: it must pick the same channels, so outputs
+    and gradients equal the run without checkpointing."""
+    plain = step(model, sparsity, batch, sparse=True)
+    enable_gradient_checkpointing(model)
+    assert model.get_base_model().is_activation_checkpointing
+    assert_same_step(step(model, sparsity, batch, sparse=True), plain)
+
+
 def test_narrowed_ffn_with_every_channel_equals_plain_lora(case):
     model, sparsity, batch = case
-    dense_logits, dense_grads = step(model, sparsity, batch, sparse=False)
+    dense = step(model, sparsity, batch, sparse=False)
     sparsity.force_channels = {i: torch.arange(w) for i, w in enumerate(sparsity.widths)}
-    logits, grads = step(model, sparsity, batch, sparse=True)
-    assert torch.allclose(logits, dense_logits, atol=1e-5, rtol=1e-5)
-    assert grads.keys() == dense_grads.keys() and any("lora_A" in n for n in grads)
-    for name in grads:
-        assert torch.allclose(grads[name], dense_grads[name], atol=1e-5, rtol=1e-4), name
+    assert_same_step(step(model, sparsity, batch, sparse=True), dense)
 
 
 def test_gradient_checkpointing_recomputes_the_channels_the_forward_chose(case):
-    """The backward pass's recomputation (training.gradient_checkpointing, on for WikiText-2 in config.yaml)
-    asks the predictor again: it must pick the same channels, so outputs and gradients equal the plain run."""
-    model, sparsity, batch = case
-    logits, grads = step(model, sparsity, batch, sparse=True)
-    enable_gradient_checkpointing(model)
-    assert model.get_base_model().is_activation_checkpointing
-    ckpt_logits, ckpt_grads = step(model, sparsity, batch, sparse=True)
-    assert torch.allclose(ckpt_logits, logits, atol=1e-5, rtol=1e-5)
-    assert ckpt_grads.keys() == grads.keys()
-    for name in grads:
-        assert torch.allclose(ckpt_grads[name], grads[name], atol=1e-5, rtol=1e-4), name
+    """training.gradient_checkpointing is on for WikiText-2 in config.yaml."""
+    assert_checkpointing_recomputes_the_same_channels(*case)
 
 
 def test_narrowed_ffn_equals_dense_with_the_other_channels_masked(case):

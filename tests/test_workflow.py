@@ -197,14 +197,16 @@ def test_training_flops_are_counted_from_what_each_run_computed(smoke_run):
     assert ((flops.xs("qlora", level="method") / flops.xs("lora", level="method")).between(0.99, 1.01)).all()
     qhira = flops.xs("qhira", level="method")
     assert ((qhira / flops.xs("hira", level="method").loc[qhira.index]).between(0.99, 1.01)).all()
-    # SparseLoRA's sparse steps skip half of the FFN channels in the middle layers (sst2, imdb: 2 dense warm-up
-    # steps of 3, wikitext2: its one step is the warm-up)
+    # SparseLoRA's sparse steps skip half of the FFN and attention channels in the middle layers (sst2, imdb: 2
+    # dense warm-up steps of 3, wikitext2: its one step is the warm-up)
     ratio = flops.xs("sparselora", level="method") / flops.xs("lora", level="method")
     assert (ratio[["sst2", "imdb"]] < 0.98).all() and ratio["wikitext2"] == pytest.approx(1.0)
     sparse = df.xs("sparselora", level="method")
     assert sparse["ffn_sparse_layers"].to_dict() == {"imdb": 4, "sst2": 4, "wikitext2": 28}  # first, last dense
+    assert sparse["attn_sparse_layers"].to_dict() == {"imdb": 4, "sst2": 4, "wikitext2": 28}
     assert (smoke_run / "resources/predictors/sst2/minilm/calibrated_rank8.safetensors").is_file()
-    assert "## Contextual sparsity (SparseLoRA) against LoRA" in (smoke_run / "results/report.md").read_text()
+    report = (smoke_run / "results/report.md").read_text()
+    assert "## Contextual sparsity (SparseLoRA) against LoRA" in report and "its attention heads" in report
 
 
 def test_adaptive_rank_and_a_generic_peft_method_run_from_config(smoke_run):

@@ -347,8 +347,10 @@ def _check_ranks(config: dict) -> None:
 
 
 def _check_contextual_sparsity(config: dict) -> None:
-    """SparseLoRA needs a channel map for the architecture, dense layers inside the model, and a predictor rank
-    within the narrower side of the FFN's up-projection."""
+    """SparseLoRA needs a channel map for the architecture (an attention map too where attn_sparsity is set),
+    dense layers inside the model, and a predictor rank within the smallest side of the projections it
+    approximates."""
+    from lorabench.attn_sparsity import ATTN_MAPS
     from lorabench.ffn_sparsity import FFN_MAPS
     from lorabench.methods import method_class
     from lorabench.methods.sparselora import LayerSettingError, layer_sparsities
@@ -371,15 +373,21 @@ def _check_contextual_sparsity(config: dict) -> None:
                 continue
             try:
                 layer_sparsities(params, shape.num_layers)
+                if any(layer_sparsities(params, shape.num_layers, "attn_sparsity")) \
+                        and shape.model_type not in ATTN_MAPS:
+                    raise LayerSettingError(
+                        "attn_sparsity", f"architecture '{shape.model_type}' has no attention channel map; "
+                        f"attn_sparsity supports {', '.join(sorted(ATTN_MAPS))} (set it to 0, or add a map in "
+                        f"lorabench.attn_sparsity)")
             except LayerSettingError as err:
                 raise ConfigError(f"config key '{_setting_key(config, name, ds['model'], err.key)}': {err.message} "
                                   f"({where})") from None
-            width = min(shape.hidden, shape.intermediate)
+            width = shape.smallest_width  # the predictor approximates the up-projections and q, k, v
             if params["predictor_rank"] > width:
                 raise ConfigError(
                     f"config key '{_setting_key(config, name, ds['model'], 'predictor_rank')}': "
-                    f"{params['predictor_rank']} exceeds the FFN "
-                    f"up-projection's smaller side {width} ({where}); allowed: 1..{width}")
+                    f"{params['predictor_rank']} exceeds the smallest side {width} of the projections the "
+                    f"predictor approximates ({where}); allowed: 1..{width}")
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -3,10 +3,10 @@ that a cheap low-rank predictor expects to matter, on weights narrowed to those 
 
 For each sparse layer and each training batch:
 1. the predictor computes every hidden channel of the FFN for every token through a rank-r truncated SVD
-   ``A B`` of the frozen up-projections, computed once per model (``compute_predictors``):
+   ``A B`` of the frozen up-projections, computed once per model (lorabench.sparsity_predictors):
    ``act(x A B + b)`` (``act(x A_g B_g) * (x A_u B_u)`` for gated FFNs);
 2. the channels with the largest L2 norm over the batch's real tokens are kept (the predictor runs in the
-   layer's matmul precision, channels by tokens: ``FFNSparsity.predicted_scores``).
+   layer's matmul precision, channels by tokens: ``ContextualSparsity._low_rank_scores``).
    The paper scores the mean input of each sequence instead; on these small models that misses the channels
    that carry massive activations on a few tokens (docs/papers.md has the measurement). Per token, rank 8
    costs about 1% of the dense FFN here;
@@ -17,14 +17,14 @@ For each sparse layer and each training batch:
    skipped channels of the hidden activation.
 
 Layers in eval mode always run dense. Nothing here knows about training schedules: ``FFNSparsity.sparse`` is
-switched by the method (dense warm-up).
+switched by the method (dense warm-up). The attention's channels are lorabench.attn_sparsity's; the predictors'
+factors are computed in lorabench.sparsity_predictors.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -62,16 +62,20 @@ class FFNMap:
     def install(self, block: torch.nn.Module, narrow: Callable) -> Callable[[], None]:
         """Route the block's FFN through ``narrow(x)``, or the original code where that returns None (dense).
         Returns the undo."""
-        owner_path, _, name = self.entry.rpartition(".")
-        owner = _get(block, owner_path) if owner_path else block
-        original = getattr(owner, name)
+        def wrap(original):
+            def entry(x):
+                y = narrow(x)
+                return original(x) if y is None else self.finish(block, y, x)
+            return entry
+        return replace_method(block, self.entry, wrap)
 
-        def entry(x):
-            y = narrow(x)
-            return original(x) if y is None else self.finish(block, y, x)
 
-        setattr(owner, name, entry)  # an instance attribute shadows the class's method
-        return lambda: delattr(owner, name)
+def replace_method(block: torch.nn.Module, path: str, wrap: Callable) -> Callable[[], None]:
+    """Shadow the method at ``path`` inside ``block`` with ``wrap(original method)``; returns the undo."""
+    owner_path, _, name = path.rpartition(".")
+    owner = _get(block, owner_path) if owner_path else block
+    setattr(owner, name, wrap(getattr(owner, name)))  # an instance attribute shadows the class's method
+    return lambda: delattr(owner, name)
 
 
 # Channel maps by config.model_type. An architecture missing here cannot run sparselora (refused in config).
@@ -89,12 +93,16 @@ FFN_MAPS: dict[str, FFNMap] = {
 }
 
 
+def map_for(maps: dict, model_type: str, part: str, setting: str):
+    """``maps[model_type]``, or a ValueError naming the architecture and those ``setting`` supports."""
+    if model_type not in maps:
+        raise ValueError(f"no {part} channel map for architecture '{model_type}'; {setting} supports "
+                         f"{', '.join(sorted(maps))}")
+    return maps[model_type]
+
+
 def ffn_map(model_type: str) -> FFNMap:
-    try:
-        return FFN_MAPS[model_type]
-    except KeyError:
-        raise ValueError(f"no FFN channel map for architecture '{model_type}'; sparselora supports "
-                         f"{', '.join(sorted(FFN_MAPS))}") from None
+    return map_for(FFN_MAPS, model_type, "FFN", "sparselora")
 
 
 def find_blocks(model: torch.nn.Module, fmap: FFNMap) -> list[torch.nn.Module]:
@@ -142,153 +150,27 @@ def input_channels(linear: torch.nn.Module, h: torch.Tensor, idx: torch.Tensor) 
     return y
 
 
-# --- predictors ------------------------------------------------------------------------------------------------
-PREDICTOR_KINDS = ("calibrated", "svd")
-CALIBRATION_EXAMPLES = 64
-
-
-def svd_factors(weight: torch.Tensor, rank: int, input_cov: torch.Tensor | None = None):
-    """(A: in x r, B: r x out) with ``x A B`` a rank-r approximation of ``x W^T``, singular values split as
-    square roots between the factors.
-
-    Without ``input_cov`` this is the truncated SVD of W (the paper's predictor). With the covariance of the
-    layer's real inputs it is the best rank-r approximation *on those inputs*: the SVD of Sigma^1/2 W^T, mapped
-    back with Sigma^-1/2. The FFN inputs of these models are far from isotropic, so the weight-only SVD
-    spends its rank on directions the inputs hardly use (docs/papers.md has the measurement)."""
-    w = weight.detach().double()
-    if input_cov is None:
-        u, s, vh = torch.linalg.svd(w, full_matrices=False)
-        root = s[:rank].sqrt()
-        a, b = vh[:rank].T * root, root[:, None] * u[:, :rank].T
-    else:
-        evals, evecs = torch.linalg.eigh(input_cov.double())
-        evals = evals.clamp(min=evals.max().item() * 1e-6)
-        cov_root = (evecs * evals.sqrt()) @ evecs.T
-        cov_inv_root = (evecs * evals.rsqrt()) @ evecs.T
-        u, s, vh = torch.linalg.svd(cov_root @ w.T, full_matrices=False)
-        root = s[:rank].sqrt()
-        a, b = cov_inv_root @ u[:, :rank] * root, root[:, None] * vh[:rank]
-    return a.float().contiguous(), b.float().contiguous()
-
-
-def calibration_batches(rows: list[dict], collator, examples: int = CALIBRATION_EXAMPLES,
-                        batch_size: int = 16) -> list[dict]:
-    """Inputs of the first ``examples`` training rows, in batches (the fixed subset: the same for every seed)."""
-    rows = rows[:examples]
-    gen = torch.Generator().manual_seed(0)
-    return [{k: v for k, v in collator(rows[i:i + batch_size], generator=gen).items()
-             if k in ("input_ids", "attention_mask")} for i in range(0, len(rows), batch_size)]
-
-
-@torch.no_grad()
-def ffn_input_covariances(model: torch.nn.Module, fmap: FFNMap, batches: list[dict]) -> dict[int, torch.Tensor]:
-    """Per block, the uncentred covariance E[x x^T] of the FFN's input over the real tokens of ``batches``."""
-    blocks = find_blocks(model, fmap)
-    sums: dict[int, torch.Tensor] = {}
-    counts = dict.fromkeys(range(len(blocks)), 0)
-    state: dict = {}
-    hooks = []
-    for i, block in enumerate(blocks):
-        def grab(module, args, i=i):
-            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
-            if state.get("mask") is not None:
-                x = x[state["mask"].reshape(-1).bool()]
-            sums[i] = sums.get(i, 0) + x.T @ x
-            counts[i] += x.shape[0]
-        hooks.append(_get(block, fmap.ups[0]).register_forward_pre_hook(grab))
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            state["mask"] = batch.get("attention_mask")
-            model(**batch)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return {i: sums[i] / counts[i] for i in sums}
-
-
-def compute_predictors(model: torch.nn.Module, model_type: str, rank: int,
-                       calibration: list[dict] | None = None) -> dict[str, torch.Tensor]:
-    """Rank-``rank`` factors of every up-projection of every block: {"<layer>.<up>.A|B": tensor}. With
-    ``calibration`` batches, the factors are fitted to the FFN inputs those batches produce."""
-    fmap = ffn_map(model_type)
-    covs = ffn_input_covariances(model, fmap, calibration) if calibration else {}
-    out = {}
-    for i, block in enumerate(find_blocks(model, fmap)):
-        for j, path in enumerate(fmap.ups):
-            base, _ = _parts(_get(block, path))
-            width = min(base.weight.shape)
-            if rank > width:
-                raise ValueError(f"predictor rank {rank} exceeds the width {width} of layer {i} '{path}'")
-            out[f"{i}.{j}.A"], out[f"{i}.{j}.B"] = svd_factors(base.weight, rank, covs.get(i))
-    return out
-
-
-def save_predictors(model_dir: str | Path, rank: int, kind: str, out_file: str | Path,
-                    tokenized_dir: str | Path | None = None) -> None:
-    """Compute the predictors of a fetched model folder and write them as safetensors (the predictor rule);
-    ``calibrated`` ones read the first training examples of ``tokenized_dir``."""
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    from lorabench.data import TRAIN, Collator, load_tokenized
-
-    if kind not in PREDICTOR_KINDS:
-        raise ValueError(f"predictor kind '{kind}' is not one of {', '.join(PREDICTOR_KINDS)}")
-    config = AutoConfig.from_pretrained(str(model_dir))
-    model = AutoModel.from_pretrained(str(model_dir), use_safetensors=True, dtype=torch.float32)
-    calibration = None
-    if kind == "calibrated":
-        rows = load_tokenized(tokenized_dir, TRAIN).to_list()
-        calibration = calibration_batches(rows, Collator(AutoTokenizer.from_pretrained(str(model_dir))))
-    tensors = compute_predictors(model, config.model_type, rank, calibration)
-    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
-    examples = CALIBRATION_EXAMPLES if calibration else 0
-    save_file(tensors, str(out_file), metadata={"model_type": config.model_type, "rank": str(rank), "kind": kind,
-                                                "calibration_examples": str(examples)})
-
-
-def load_predictors(path: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
 # --- the per-batch mechanism ------------------------------------------------------------------------------------
 def kept_channels(width: int, sparsity: float) -> int:
     """Channels kept at ``sparsity`` (at least one)."""
     return max(1, int(round(width * (1.0 - sparsity))))
 
 
-class FFNSparsity:
-    """Installs narrowed FFN forwards on a model's blocks and picks the channels of every batch.
+class ContextualSparsity:
+    """What the FFN and attention sparsities share: forwards installed on some blocks (undone by ``remove``),
+    the real tokens of the batch, and the predictor's rank-r outputs for them.
 
-    ``sparsities[i]`` is the fraction of layer i's FFN channels skipped; 0 leaves the layer on its original
-    code path. ``sparse`` switches all layers between sparse and dense (warm-up); blocks in eval mode run
-    dense. ``force_channels`` (layer -> index tensor) replaces the predictor, for tests and oracle controls.
-    """
+    ``sparse`` switches every layer between sparse and dense (the method's warm-up); blocks in eval mode run
+    dense. ``force_channels`` (layer -> indices) replaces the predictor, for tests and oracle controls.
+    Subclasses give ``_factor_sources(layer)``: the (A, B, frozen bias or None) of each linear the predictor
+    computes for that layer."""
 
-    def __init__(self, model: torch.nn.Module, model_type: str, sparsities: list[float],
-                 predictors: dict[str, torch.Tensor]):
-        self.fmap = ffn_map(model_type)
-        self.blocks = find_blocks(model, self.fmap)
-        if len(sparsities) != len(self.blocks):
-            raise ValueError(f"{len(sparsities)} sparsities for {len(self.blocks)} layers")
-        self.sparsities = list(sparsities)
+    def __init__(self, model: torch.nn.Module):
         self.sparse = True
         self.force_channels: dict[int, torch.Tensor] = {}
         self.token_mask: torch.Tensor | None = None
         self._factor_cache: dict = {}
-        self.predictors = {}
-        for i, s in enumerate(self.sparsities):
-            if s > 0:
-                self.predictors[i] = [(predictors[f"{i}.{j}.A"], predictors[f"{i}.{j}.B"])
-                                      for j in range(len(self.fmap.ups))]
-        self.widths = [_parts(_get(b, self.fmap.ups[0]))[0].weight.shape[0] for b in self.blocks]
-        self._undo = [self.fmap.install(block, functools.partial(self._narrow, i))
-                      for i, block in enumerate(self.blocks) if self.sparsities[i] > 0]
+        self._undo: list[Callable[[], None]] = []
         # The real tokens of the batch (attention mask), so padding does not enter the predictor's scores.
         self._hook = model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)
 
@@ -297,7 +179,7 @@ class FFNSparsity:
         self.token_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
     def remove(self) -> None:
-        """Restore every block's original FFN forward."""
+        """Restore every block's original forward."""
         for undo in self._undo:
             undo()
         self._undo = []
@@ -309,27 +191,29 @@ class FFNSparsity:
         mask = self.token_mask
         return mask if mask is not None and mask.shape == x.shape[:2] else None
 
+    def _factor_sources(self, layer: int) -> list[tuple]:
+        raise NotImplementedError
+
     def _factors(self, layer: int, dtype: torch.dtype, device: torch.device) -> list[tuple]:
-        """Per up-projection of ``layer``: (A^T, B^T, bias as a column or None) in ``dtype``, cast once."""
+        """(A^T, B^T, bias as a column or None) in ``dtype`` per predicted linear of ``layer``, cast once: they
+        and the frozen biases never change during training."""
         key = (layer, dtype, device)
         if key not in self._factor_cache:
-            block, factors = self.blocks[layer], []
-            for path, (a, b) in zip(self.fmap.ups, self.predictors[layer]):
-                bias = _parts(_get(block, path))[0].bias
-                factors.append((a.T.to(device, dtype).contiguous(), b.T.to(device, dtype).contiguous(),
-                                None if bias is None else bias.detach().to(device, dtype)[:, None]))
-            self._factor_cache[key] = factors
+            self._factor_cache[key] = [
+                (a.T.to(device, dtype).contiguous(), b.T.to(device, dtype).contiguous(),
+                 None if bias is None else bias.detach().to(device, dtype)[:, None])
+                for a, b, bias in self._factor_sources(layer)]
         return self._factor_cache[key]
 
     @torch.no_grad()
-    def predicted_scores(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """The predictor's score of every hidden channel of ``layer`` for the batch ``x``: the L2 norm, over the
-        batch's real tokens, of the hidden activation computed through the rank-r factors.
+    def _low_rank_scores(self, layer: int, x: torch.Tensor, score: Callable):
+        """``score(outputs)``, where ``outputs`` are the predicted linears' outputs for the batch's real tokens
+        through their rank-r factors, channels x tokens.
 
-        It runs in the precision the layer's matmuls run in (bf16 under autocast) and channels-by-tokens, so the
-        norm reduces along contiguous memory: under half the cost of an fp32, tokens-by-channels computation,
-        and the same choice of channels but for bf16 rounding at the boundary (docs/performance.md). The cast
-        factors are cached: they and the frozen biases never change during training."""
+        They run in the precision the layer's matmuls run in (bf16 under autocast) and channels-by-tokens, so a
+        norm over tokens reduces along contiguous memory: under half the cost of an fp32, tokens-by-channels
+        computation, and the same choice of channels but for bf16 rounding at the boundary
+        (docs/performance.md)."""
         device = x.device
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
         tokens = x.reshape(-1, x.shape[-1])
@@ -338,10 +222,45 @@ class FFNSparsity:
             tokens = tokens[mask.reshape(-1).bool()]  # padding does not enter the scores
         tokens_t = tokens.to(dtype).T
         with torch.autocast(device.type, enabled=False):
-            pre = [b_t @ (a_t @ tokens_t) if bias is None else torch.addmm(bias, b_t, a_t @ tokens_t)
-                   for a_t, b_t, bias in self._factors(layer, dtype, device)]  # channels x tokens
-            hidden = self.fmap.hidden(self.blocks[layer], pre)
-            return torch.linalg.vector_norm(hidden, dim=1, dtype=torch.float32)
+            return score([b_t @ (a_t @ tokens_t) if bias is None else torch.addmm(bias, b_t, a_t @ tokens_t)
+                          for a_t, b_t, bias in self._factors(layer, dtype, device)])
+
+
+class FFNSparsity(ContextualSparsity):
+    """Installs narrowed FFN forwards on a model's blocks and picks the channels of every batch.
+
+    ``sparsities[i]`` is the fraction of layer i's FFN channels skipped; 0 leaves the layer on its original
+    code path."""
+
+    def __init__(self, model: torch.nn.Module, model_type: str, sparsities: list[float],
+                 predictors: dict[str, torch.Tensor]):
+        super().__init__(model)
+        self.fmap = ffn_map(model_type)
+        self.blocks = find_blocks(model, self.fmap)
+        if len(sparsities) != len(self.blocks):
+            self.remove()
+            raise ValueError(f"{len(sparsities)} sparsities for {len(self.blocks)} layers")
+        self.sparsities = list(sparsities)
+        self.predictors = {}
+        for i, s in enumerate(self.sparsities):
+            if s > 0:
+                self.predictors[i] = [(predictors[f"{i}.{j}.A"], predictors[f"{i}.{j}.B"])
+                                      for j in range(len(self.fmap.ups))]
+        self.widths = [_parts(_get(b, self.fmap.ups[0]))[0].weight.shape[0] for b in self.blocks]
+        self._undo = [self.fmap.install(block, functools.partial(self._narrow, i))
+                      for i, block in enumerate(self.blocks) if self.sparsities[i] > 0]
+
+    def _factor_sources(self, layer: int) -> list[tuple]:
+        block = self.blocks[layer]
+        return [(a, b, _parts(_get(block, path))[0].bias)
+                for path, (a, b) in zip(self.fmap.ups, self.predictors[layer])]
+
+    def predicted_scores(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """The predictor's score of every hidden channel of ``layer`` for the batch ``x``: the L2 norm, over the
+        batch's real tokens, of the hidden activation computed through the rank-r factors."""
+        block = self.blocks[layer]
+        return self._low_rank_scores(layer, x, lambda pre: torch.linalg.vector_norm(
+            self.fmap.hidden(block, pre), dim=1, dtype=torch.float32))
 
     def select(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """Sorted indices of the channels ``layer`` computes for this batch."""

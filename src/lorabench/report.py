@@ -149,10 +149,12 @@ def contextual_sparsity_sentences(summary: pd.DataFrame, reference: str = "lora"
             flops = float((m.loc[seeds, "train_flops"] / ref.loc[seeds, "train_flops"]).mean())
             diff, _, d_lo, d_hi = stats.t_interval(m.loc[seeds, metric] - ref.loc[seeds, metric])
             first = m.iloc[0]
+            heads = (f" and its attention heads {100 * first['attn_matmul_fraction']:.0f}% of theirs"
+                     if first.get("attn_sparse_layers", 0) > 0 else "")  # (averaged over all layers)
             out.append(
                 f"**{dataset}**: {method} ({first['ffn_sparse_layers']:.0f} sparse layers; after "
                 f"{first['dense_warmup_steps']:.0f} dense warm-up steps its FFNs computed "
-                f"{100 * first['ffn_matmul_fraction']:.0f}% of their channels) trained {speed:.2f}x as fast per "
+                f"{100 * first['ffn_matmul_fraction']:.0f}% of their channels{heads}) trained {speed:.2f}x as fast per "
                 f"optimizer step as {reference}{ci_text(s_lo, s_hi)}, computing {flops:.2f}x its training FLOPs; "
                 f"{metric} {diff:+.3g} against {reference}{ci_text(d_lo, d_hi)}.")
     return out

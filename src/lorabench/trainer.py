@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from lorabench.config import TrainingSettings
 from lorabench.data import length_grouped_batches
-from lorabench.ffn_sparsity import calibration_batches
+from lorabench.sparsity_predictors import calibration_batches
 from lorabench.flops import step_flops_per_token
 from lorabench.memory import PhaseMemory, stored_bytes
 from lorabench.precision import FP32, Precision

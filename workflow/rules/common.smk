@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also whe
 from lorabench.config import (ConfigError, dataset_entry, dataset_training, method_params_on, sorted_keys,
                               validate_config)
 from lorabench.methods import architecture_params, method_class, method_type
+from lorabench.sparsity_predictors import PREDICTOR_CONTENTS
 
 try:
     validate_config(config)

@@ -16,13 +16,16 @@ rule tokenize:
         "../scripts/tokenize.py"
 
 
-# SparseLoRA's channel predictors: a truncated SVD of every FFN up-projection, fitted to the FFN inputs of the
-# first training examples ("calibrated") or to the weights alone ("svd"), once per (dataset, model, kind, rank).
-# A rank change reruns this, not the model fetch; every seed reads the same file.
+# SparseLoRA's channel predictors: a truncated SVD of every FFN up-projection and attention q, k, v projection,
+# fitted to the inputs of the first training examples ("calibrated") or to the weights alone ("svd"), once per
+# (dataset, model, kind, rank). A rank change reruns this, not the model fetch; every seed reads the same file.
+# The params record what the file holds, so a file from an older version (FFN factors only) is written again.
 rule predictor:
     input:
         model="resources/models/{model}",
         tokenized="resources/tokenized/{dataset}/{model}",
+    params:
+        contents=PREDICTOR_CONTENTS,
     output:
         "resources/predictors/{dataset}/{model}/{kind}_rank{rank}.safetensors",
     log:

@@ -1,7 +1,9 @@
-"""SparseLoRA (Khaki et al., 2025): LoRA trained with contextual sparsity of the frozen base's FFN.
+"""SparseLoRA (Khaki et al., 2025): LoRA trained with contextual sparsity of the frozen base's FFN and,
+optionally, attention.
 
 After a dense warm-up, every training batch runs each sparse layer's FFN on only the channels a rank-r SVD
-predictor expects to matter (lorabench.ffn_sparsity), which shrinks the base's forward and input-gradient
+predictor expects to matter (lorabench.ffn_sparsity), and with ``attn_sparsity`` each attention head on only
+its predicted channels (lorabench.attn_sparsity), which shrinks the base's forward and input-gradient
 matmuls. The adapters are ordinary dense LoRA: evaluation, saving, merging and deployment are LoRA's, so
 inference costs the same as LoRA and only training is faster.
 
@@ -16,7 +18,9 @@ from contextlib import contextmanager
 
 import torch
 
-from lorabench.ffn_sparsity import FFN_MAPS, FFNSparsity, compute_predictors, find_blocks, load_predictors
+from lorabench.attn_sparsity import AttnSparsity
+from lorabench.ffn_sparsity import FFN_MAPS, FFNSparsity, find_blocks
+from lorabench.sparsity_predictors import compute_predictors, load_predictors
 from lorabench.methods.base import register
 from lorabench.methods.lora import LoRA
 from lorabench.schema import method_defaults
@@ -30,15 +34,15 @@ class LayerSettingError(ValueError):
         self.key, self.message = key, message
 
 
-def layer_sparsities(params: dict, num_layers: int) -> list[float]:
-    """Per-layer FFN sparsity from ``ffn_sparsity`` (one value or one per layer) and ``dense_layers``
-    (indices, negative from the end, that stay dense), each the schema's default where ``params`` lacks it.
-    Raises LayerSettingError naming the key."""
+def layer_sparsities(params: dict, num_layers: int, key: str = "ffn_sparsity") -> list[float]:
+    """Per-layer sparsity from ``params[key]`` (``ffn_sparsity`` or ``attn_sparsity``: one value or one per
+    layer) and ``dense_layers`` (indices, negative from the end, that stay dense), each the schema's default
+    where ``params`` lacks it. Raises LayerSettingError naming the key."""
     params = {**method_defaults("sparselora"), **params}
-    value = params["ffn_sparsity"]
+    value = params[key]
     if isinstance(value, list):
         if len(value) != num_layers:
-            raise LayerSettingError("ffn_sparsity", f"{len(value)} values for a model with {num_layers} layers "
+            raise LayerSettingError(key, f"{len(value)} values for a model with {num_layers} layers "
                                     f"(give one value, or exactly {num_layers})")
         sparsities = [float(v) for v in value]
     else:
@@ -54,14 +58,15 @@ def layer_sparsities(params: dict, num_layers: int) -> list[float]:
 @register("sparselora")
 class SparseLoRA(LoRA):
     # Evaluation runs dense, so these change training only, not the deployed model (efficiency jobs).
-    training_only_params = LoRA.training_only_params + ("ffn_sparsity", "dense_layers", "warmup_frac",
-                                                        "predictor_rank", "predictor")
+    training_only_params = LoRA.training_only_params + ("ffn_sparsity", "attn_sparsity", "dense_layers",
+                                                        "warmup_frac", "predictor_rank", "predictor")
     #: The predictor file this method reads (the predictor rule writes it; computed in process if absent).
     uses_predictor = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.sparsity: FFNSparsity | None = None
+        self.ffn_sparsity: FFNSparsity | None = None
+        self.attn_sparsity: AttnSparsity | None = None  # only where attn_sparsity skips channels somewhere
         self.warmup_steps = 0
         self.summary: dict = {}
 
@@ -77,44 +82,58 @@ class SparseLoRA(LoRA):
             predictors = compute_predictors(base, model_type, self.params["predictor_rank"],
                                             calibration() if calibrated else None)
         num_layers = len(find_blocks(base, FFN_MAPS[model_type]))
-        self.sparsity = FFNSparsity(base, model_type, layer_sparsities(self.params, num_layers), predictors)
+        self.ffn_sparsity = FFNSparsity(base, model_type, layer_sparsities(self.params, num_layers), predictors)
+        attn = layer_sparsities(self.params, num_layers, "attn_sparsity")
+        if any(attn):
+            self.attn_sparsity = AttnSparsity(base, model_type, attn, predictors)
         self.warmup_steps = math.ceil(self.params["warmup_frac"] * total_steps)
-        self.sparsity.sparse = step >= self.warmup_steps
+        self._set_sparse(step >= self.warmup_steps)
+
+    def _installed(self) -> list:
+        return [s for s in (self.ffn_sparsity, self.attn_sparsity) if s is not None]
+
+    def _set_sparse(self, sparse: bool) -> None:
+        for part in self._installed():
+            part.sparse = sparse
 
     def on_optimizer_step(self, model, step: int, total_steps: int) -> None:
-        if self.sparsity is not None:
-            self.sparsity.sparse = step >= self.warmup_steps
+        self._set_sparse(step >= self.warmup_steps)
 
     def finalize(self, model) -> None:
-        if self.sparsity is not None:
-            s = self.sparsity
+        if self.ffn_sparsity is not None:
+            s = self.ffn_sparsity
             sparse_layers = [x for x in s.sparsities if x > 0]
+            a = self.attn_sparsity
             self.summary = {
                 "ffn_sparsity_mean": sum(s.sparsities) / len(s.sparsities),
                 "ffn_sparse_layers": len(sparse_layers),
                 "ffn_matmul_fraction": s.matmul_fraction(),
+                "attn_sparsity_mean": 0.0 if a is None else sum(a.sparsities) / len(a.sparsities),
+                "attn_sparse_layers": 0 if a is None else sum(x > 0 for x in a.sparsities),
+                "attn_matmul_fraction": 1.0 if a is None else a.matmul_fraction(),
                 "dense_warmup_steps": self.warmup_steps,
                 "predictor_rank": self.params["predictor_rank"],
                 "predictor": self.params["predictor"],
             }
-            s.remove()  # the trained model is plain LoRA again: evaluated and saved dense
-            self.sparsity = None
+            for part in self._installed():
+                part.remove()  # the trained model is plain LoRA again: evaluated and saved dense
+            self.ffn_sparsity = self.attn_sparsity = None
 
     # --- what one step computes (train_flops) ---------------------------------------------------
     def compute_phases(self) -> tuple[str, ...]:
         return ("dense", "sparse")
 
     def compute_phase(self) -> str:
-        return "sparse" if self.sparsity is not None and self.sparsity.sparse else "dense"
+        return "sparse" if self.ffn_sparsity is not None and self.ffn_sparsity.sparse else "dense"
 
     @contextmanager
     def computing(self, phase: str):
-        was = self.sparsity.sparse
-        self.sparsity.sparse = phase == "sparse"
+        was = self.ffn_sparsity.sparse
+        self._set_sparse(phase == "sparse")
         try:
             yield
         finally:
-            self.sparsity.sparse = was
+            self._set_sparse(was)
 
     def report(self, model: torch.nn.Module) -> dict:
         return {**super().report(model), **self.summary}
