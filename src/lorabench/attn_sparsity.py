@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from lorabench.ffn_sparsity import (ContextualSparsity, _get, _parts, ffn_map, find_blocks, input_channels,
                                     map_for, output_channels, replace_method)
@@ -178,8 +179,6 @@ class AttnSparsity(ContextualSparsity):
             cos, sin = (t[..., qk].transpose(1, 2) for t in args["position_embeddings"])  # (b, kv heads, seq, kept)
             q = _rotate(q, cos.repeat_interleave(group, dim=1), sin.repeat_interleave(group, dim=1))
             k = _rotate(k, cos, sin)
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(
             core.config._attn_implementation, sys.modules[type(core).__module__].eager_attention_forward)
         out, weights = attention(core, q, k, v, args.get("attention_mask"),
