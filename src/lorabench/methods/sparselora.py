@@ -20,10 +20,10 @@ import torch
 
 from lorabench.attn_sparsity import AttnSparsity
 from lorabench.ffn_sparsity import FFN_MAPS, FFNSparsity, find_blocks
-from lorabench.sparsity_predictors import compute_predictors, load_predictors
 from lorabench.methods.base import register
 from lorabench.methods.lora import LoRA
 from lorabench.schema import method_defaults
+from lorabench.sparsity_predictors import compute_predictors, load_predictors
 
 
 class LayerSettingError(ValueError):
