@@ -16,18 +16,13 @@ from lorabench.utils import seed_everything
 
 from conftest import MINILM
 from test_sparselora import (LORA, assert_checkpointing_recomputes_the_same_channels, assert_same_step,
-                             lora_with_live_adapters, random_batch, sst2_batch, step)
+                             half_sparse_case, random_batch, sst2_batch, step)
 
 
 @pytest.fixture(params=["bert", "llama"])
 def case(request, tiny_llama):
     """(LoRA model with non-zero adapters, its AttnSparsity at 50% on every layer, a batch with padding)."""
-    arch = request.param
-    folder, task = {"bert": (MINILM, "classification"), "llama": (tiny_llama, "language_modeling")}[arch]
-    model, batch = lora_with_live_adapters(arch, folder, task)
-    base = model.get_base_model()
-    n_layers = len(find_blocks(base, FFN_MAPS[arch]))
-    sparsity = AttnSparsity(base, arch, [0.5] * n_layers, compute_predictors(base, arch, 4))
+    model, sparsity, batch = half_sparse_case(request.param, AttnSparsity, tiny_llama)
     yield model, sparsity, batch
     sparsity.remove()
 

@@ -54,16 +54,21 @@ def lora_with_live_adapters(arch: str, folder, task: str):
     return model, sst2_batch(8) if arch == "bert" else random_batch(vocab, task)
 
 
-@pytest.fixture(params=["bert", "llama", "distilbert"])
-def case(request, tiny_llama, tiny_distilbert):
-    """(LoRA model with non-zero adapters, its FFNSparsity at 50% on every layer, a batch)."""
-    arch = request.param
+def half_sparse_case(arch: str, sparsity_class, tiny_llama=None, tiny_distilbert=None):
+    """(LoRA model with non-zero adapters, ``sparsity_class`` at 50% on every layer with rank-4 predictors, a
+    batch) on MiniLM ("bert") or a tiny random Llama or DistilBERT."""
     folder, task = {"bert": (MINILM, "classification"), "llama": (tiny_llama, "language_modeling"),
                     "distilbert": (tiny_distilbert, "classification")}[arch]
     model, batch = lora_with_live_adapters(arch, folder, task)
     base = model.get_base_model()
     n_layers = len(find_blocks(base, FFN_MAPS[arch]))
-    sparsity = FFNSparsity(base, arch, [0.5] * n_layers, compute_predictors(base, arch, 4))
+    return model, sparsity_class(base, arch, [0.5] * n_layers, compute_predictors(base, arch, 4)), batch
+
+
+@pytest.fixture(params=["bert", "llama", "distilbert"])
+def case(request, tiny_llama, tiny_distilbert):
+    """(LoRA model with non-zero adapters, its FFNSparsity at 50% on every layer, a batch)."""
+    model, sparsity, batch = half_sparse_case(request.param, FFNSparsity, tiny_llama, tiny_distilbert)
     yield model, sparsity, batch
     sparsity.remove()
 

@@ -26,8 +26,8 @@ from typing import Callable
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from lorabench.ffn_sparsity import (ContextualSparsity, _get, _parts, ffn_map, find_blocks, input_channels,
-                                    map_for, output_channels, replace_method)
+from lorabench.ffn_sparsity import (ContextualSparsity, _get, _parts, input_channels, map_for, output_channels,
+                                    replace_method)
 
 
 @dataclass(frozen=True)
@@ -106,24 +106,18 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class AttnSparsity(ContextualSparsity):
     """Installs narrowed attention forwards on a model's blocks and picks each batch's channels per head.
 
-    ``sparsities[i]`` is the fraction of each head's channels layer i skips; 0 leaves the layer on its original
-    code path. ``force_channels[i]`` is a (qk, v) pair of (key/value heads, kept) index tensors."""
+    ``sparsities[i]`` is the fraction of each head's channels layer i skips. ``force_channels[i]`` is a (qk, v)
+    pair of (key/value heads, kept) index tensors."""
 
     def __init__(self, model: torch.nn.Module, model_type: str, sparsities: list[float],
                  predictors: dict[str, torch.Tensor]):
         self.amap = attn_map(model_type)
-        super().__init__(model)
-        self.blocks = find_blocks(model, ffn_map(model_type))
-        if len(sparsities) != len(self.blocks):
-            self.remove()
-            raise ValueError(f"{len(sparsities)} sparsities for {len(self.blocks)} layers")
-        self.sparsities = list(sparsities)
-        self.heads = self.amap.heads(_get(self.blocks[0], self.amap.core))
-        missing = [i for i, s in enumerate(self.sparsities) if s > 0 and f"{i}.attn.q.A" not in predictors]
+        missing = [i for i, s in enumerate(sparsities) if s > 0 and f"{i}.attn.q.A" not in predictors]
         if missing:
-            self.remove()
             raise ValueError(f"the predictors have no attention factors for layers {missing}: the predictor file "
                              f"predates attention sparsity; delete it so the predictor rule writes it again")
+        super().__init__(model, model_type, sparsities)
+        self.heads = self.amap.heads(_get(self.blocks[0], self.amap.core))
         self.predictors = {i: [(predictors[f"{i}.attn.{n}.A"], predictors[f"{i}.attn.{n}.B"]) for n in "qkv"]
                            for i, s in enumerate(self.sparsities) if s > 0}
         self._undo = [self.amap.install(block, functools.partial(self._narrow, i))

@@ -163,9 +163,14 @@ class ContextualSparsity:
     ``sparse`` switches every layer between sparse and dense (the method's warm-up); blocks in eval mode run
     dense. ``force_channels`` (layer -> indices) replaces the predictor, for tests and oracle controls.
     Subclasses give ``_factor_sources(layer)``: the (A, B, frozen bias or None) of each linear the predictor
-    computes for that layer."""
+    computes for that layer. ``sparsities[i]`` is layer i's fraction of channels skipped; 0 leaves the layer on
+    its original code path."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, model_type: str, sparsities: list[float]):
+        self.blocks = find_blocks(model, ffn_map(model_type))
+        if len(sparsities) != len(self.blocks):
+            raise ValueError(f"{len(sparsities)} sparsities for {len(self.blocks)} layers")
+        self.sparsities = list(sparsities)
         self.sparse = True
         self.force_channels: dict[int, torch.Tensor] = {}
         self.token_mask: torch.Tensor | None = None
@@ -229,18 +234,12 @@ class ContextualSparsity:
 class FFNSparsity(ContextualSparsity):
     """Installs narrowed FFN forwards on a model's blocks and picks the channels of every batch.
 
-    ``sparsities[i]`` is the fraction of layer i's FFN channels skipped; 0 leaves the layer on its original
-    code path."""
+    ``sparsities[i]`` is the fraction of layer i's FFN channels skipped."""
 
     def __init__(self, model: torch.nn.Module, model_type: str, sparsities: list[float],
                  predictors: dict[str, torch.Tensor]):
-        super().__init__(model)
+        super().__init__(model, model_type, sparsities)
         self.fmap = ffn_map(model_type)
-        self.blocks = find_blocks(model, self.fmap)
-        if len(sparsities) != len(self.blocks):
-            self.remove()
-            raise ValueError(f"{len(sparsities)} sparsities for {len(self.blocks)} layers")
-        self.sparsities = list(sparsities)
         self.predictors = {}
         for i, s in enumerate(self.sparsities):
             if s > 0:

@@ -55,22 +55,23 @@ def calibration_batches(rows: list[dict], collator, examples: int = CALIBRATION_
 
 
 @torch.no_grad()
-def input_covariances(model: torch.nn.Module, blocks: list[torch.nn.Module], path: str,
-                      batches: list[dict]) -> dict[int, torch.Tensor]:
-    """Per block, the uncentred covariance E[x x^T] of the input of the linear at ``path`` over the real tokens of
-    ``batches``."""
-    sums: dict[int, torch.Tensor] = {}
-    counts = dict.fromkeys(range(len(blocks)), 0)
+def input_covariances(model: torch.nn.Module, blocks: list[torch.nn.Module], paths: list[str],
+                      batches: list[dict]) -> dict[str, dict[int, torch.Tensor]]:
+    """Per path and block, the uncentred covariance E[x x^T] of the input of the linear at that path over the
+    real tokens of ``batches``, all from one pass over them."""
+    sums: dict[tuple[str, int], torch.Tensor] = {}
+    counts: dict[tuple[str, int], int] = {}
     state: dict = {}
     hooks = []
     for i, block in enumerate(blocks):
-        def grab(module, args, i=i):
-            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
-            if state.get("mask") is not None:
-                x = x[state["mask"].reshape(-1).bool()]
-            sums[i] = sums.get(i, 0) + x.T @ x
-            counts[i] += x.shape[0]
-        hooks.append(_get(block, path).register_forward_pre_hook(grab))
+        for path in paths:
+            def grab(module, args, key=(path, i)):
+                x = args[0].detach().double().reshape(-1, args[0].shape[-1])
+                if state.get("mask") is not None:
+                    x = x[state["mask"].reshape(-1).bool()]
+                sums[key] = sums.get(key, 0) + x.T @ x
+                counts[key] = counts.get(key, 0) + x.shape[0]
+            hooks.append(_get(block, path).register_forward_pre_hook(grab))
     was_training = model.training
     model.eval()
     try:
@@ -81,7 +82,10 @@ def input_covariances(model: torch.nn.Module, blocks: list[torch.nn.Module], pat
         model.train(was_training)
         for h in hooks:
             h.remove()
-    return {i: sums[i] / counts[i] for i in sums}
+    covs: dict[str, dict[int, torch.Tensor]] = {path: {} for path in paths}
+    for (path, i), total in sums.items():
+        covs[path][i] = total / counts[(path, i)]
+    return covs
 
 
 def compute_predictors(model: torch.nn.Module, model_type: str, rank: int,
@@ -91,23 +95,21 @@ def compute_predictors(model: torch.nn.Module, model_type: str, rank: int,
     ``calibration`` batches, the factors are fitted to the inputs those batches produce."""
     fmap = ffn_map(model_type)
     blocks = find_blocks(model, fmap)
-    linears = {f"{j}": path for j, path in enumerate(fmap.ups)}
-    first = {"ffn": fmap.ups[0]}
+    # key -> (the linear's path, the path whose input it reads: the FFN's or the attention's, for calibration)
+    linears = {f"{j}": (path, fmap.ups[0]) for j, path in enumerate(fmap.ups)}
     amap = ATTN_MAPS.get(model_type)
     if amap is not None:
-        linears.update({f"attn.{name}": path for name, path in amap.projections().items()})
-        first["attn"] = amap.q
-    covs = {group: input_covariances(model, blocks, path, calibration) if calibration else {}
-            for group, path in first.items()}
+        linears.update({f"attn.{name}": (path, amap.q) for name, path in amap.projections().items()})
+    inputs = sorted({reads for _, reads in linears.values()})
+    covs = input_covariances(model, blocks, inputs, calibration) if calibration else {}
     out = {}
     for i, block in enumerate(blocks):
-        for key, path in linears.items():
+        for key, (path, reads) in linears.items():
             base, _ = _parts(_get(block, path))
             width = min(base.weight.shape)
             if rank > width:
                 raise ValueError(f"predictor rank {rank} exceeds the width {width} of layer {i} '{path}'")
-            cov = covs["attn" if key.startswith("attn.") else "ffn"].get(i)
-            out[f"{i}.{key}.A"], out[f"{i}.{key}.B"] = svd_factors(base.weight, rank, cov)
+            out[f"{i}.{key}.A"], out[f"{i}.{key}.B"] = svd_factors(base.weight, rank, covs.get(reads, {}).get(i))
     return out
 
 
