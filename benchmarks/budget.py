@@ -11,7 +11,7 @@ A variant is JSON with any of three keys, each merged over config.yaml's entry:
     benchmarks/budget.py imdb '{}' '{"params": {"dropout": 0.0}}'
     benchmarks/budget.py sst2 '{"params": {"dropout": 0.0}, "dataset": {"train_size": 6000}}'
 
-Every run goes through ``lorabench.run.train_run``, what the pipeline's train job runs, in this process (no
+Every run goes through ``lorabench.execution.jobs.train_run``, what the pipeline's train job runs, in this process (no
 Snakemake start-up per run); SparseLoRA's predictor is built as the pipeline's predictor rule builds it. It
 prints, per variant, the mean over seeds with its 95% t-interval, the per-seed scores and the mean
 training-loop time; the last line is ``best=VARIANT score=X`` (the highest
@@ -24,25 +24,21 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from lorabench.config import ConfigError, dataset_training, method_params_on, validate_config
-from lorabench.sparsity_predictors import save_predictors
+from lorabench.analysis.stats import t_interval
+from lorabench.config import ConfigError
+from lorabench.config.views import dataset_training, method_params_on
+from lorabench.execution.jobs import train_run
 from lorabench.methods import method_class
-from lorabench.run import train_run
-from lorabench.stats import t_interval
+from lorabench.methods.checks import check_config
+from lorabench.methods.sparselora.predictors import save_predictors
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision import prepare  # noqa: E402  (model and raw data, fetched once under resources/bench)
-
-REPO = Path(__file__).resolve().parents[1]
-SNAPSHOTS = Path(os.environ.get("LORABENCH_SNAPSHOTS", REPO.parent / "shared" / "hf"))
+from common import REPO, SNAPSHOTS, prepare
 
 
 def variant_config(raw: dict, dataset: str, method: str, variant: dict) -> dict:
@@ -62,7 +58,7 @@ def variant_config(raw: dict, dataset: str, method: str, variant: dict) -> dict:
     for key in params:  # the variant's settings win over config.yaml's for this model too
         for_model.pop(key, None)
     try:
-        return validate_config(cfg)
+        return check_config(cfg)
     except ConfigError as err:
         raise SystemExit(f"budget.py: variant {json.dumps(variant)}: {err}") from None
 
@@ -106,7 +102,7 @@ def main() -> None:
                         help="where models and data are prepared (default resources/bench)")
     args = parser.parse_args()
     raw = {**yaml.safe_load((REPO / "config.yaml").read_text()), "snapshots": str(SNAPSHOTS)}
-    config = validate_config(copy.deepcopy(raw))
+    config = check_config(copy.deepcopy(raw))
     if args.dataset not in config["datasets"] or args.method not in config["methods"]:
         raise SystemExit(f"budget.py: dataset must be one of {list(config['datasets'])} and --method one of "
                          f"{list(config['methods'])}")

@@ -1,6 +1,6 @@
 """QLoRA's memory against LoRA's on SmolLM2, by phase, with and without gradient checkpointing.
 
-    .venv/bin/python benchmarks/memory_phases.py [--quick] [--config config.yaml] [--out docs/performance.md]
+    .venv/bin/python benchmarks/memory_phases.py [--quick] [--config config.yaml] [--out docs/measurements/qlora-memory.md]
 
 Each arm runs in a fresh process (a heap shaped by an earlier arm would serve the next one's blocks): the
 model is built as config.yaml's WikiText-2 run builds it, trained for a few steps of the run's batch shape
@@ -22,11 +22,11 @@ import platform
 import subprocess
 import sys
 from datetime import date
-from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO
+
 DATASET = "wikitext2"
 ARMS = [(m, ckpt) for ckpt in (False, True) for m in ("lora", "qlora")]
 
@@ -35,16 +35,17 @@ def worker(config_path: str, method_name: str, ckpt: bool, steps: int) -> dict:
     """One arm, in this process: build, train ``steps`` optimizer steps, measure inference."""
     import torch
 
-    from lorabench.config import TrainingSettings, load_config, method_params_on
-    from lorabench.data import EVAL, TRAIN, load_tokenized
-    from lorabench.inference import inference_memory
-    from lorabench.memory import PhaseMemory
-    from lorabench.run import _collator, _setup
-    from lorabench.trainer import RunId, train
-    from lorabench.utils import seed_everything
+    from lorabench.config.views import method_params_on
+    from lorabench.execution.inference import inference_memory
+    from lorabench.execution.jobs import _collator, _setup
+    from lorabench.execution.settings import TrainingSettings
+    from lorabench.execution.trainer import RunId, train
+    from lorabench.loading.data import EVAL, TRAIN, load_tokenized
+    from lorabench.methods.checks import load_config
+    from lorabench.runtime.device import seed_everything
+    from lorabench.runtime.memory import PhaseMemory
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from precision import prepare
+    from common import prepare
 
     config = load_config(config_path)
     ds = config["datasets"][DATASET]

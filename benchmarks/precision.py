@@ -1,6 +1,6 @@
 """fp32 against bf16 autocast: step time, and accuracy or perplexity over seeds.
 
-    .venv/bin/python benchmarks/precision.py [--quick] [--out docs/performance.md]
+    .venv/bin/python benchmarks/precision.py [--quick] [--out docs/measurements/precision.md]
 
 For LoRA, full fine-tuning and QLoRA on MiniLM and SmolLM2:
 - step time: two identical models, one stepping in fp32 and one under bf16 autocast, on the same batches,
@@ -17,53 +17,31 @@ Data and models are prepared under resources/bench/ from the snapshots (LORABENC
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import platform
-import sys
 from datetime import date
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from lorabench.config import TrainingSettings, dataset_entry, dataset_training, load_config, method_params_on
-from lorabench.data import EVAL, TRAIN, Collator, fetch_dataset, load_tokenized, tokenize_dataset
-from lorabench.evaluate import evaluate
+from lorabench.analysis.stats import t_interval
+from lorabench.config.views import dataset_training, method_params_on
+from lorabench.execution.evaluate import evaluate
+from lorabench.execution.settings import TrainingSettings
+from lorabench.execution.trainer import RunId, train
+from lorabench.loading.data import EVAL, TRAIN, Collator, load_tokenized
+from lorabench.loading.models import ModelLoader
 from lorabench.methods import build_method
-from lorabench.models import ModelLoader, fetch_model
-from lorabench.precision import resolve_precision
-from lorabench.stats import t_interval
-from lorabench.trainer import RunId, train
-from lorabench.utils import device_name, seed_everything, set_threads
+from lorabench.methods.checks import load_config
+from lorabench.runtime.device import device_name, seed_everything, set_threads
+from lorabench.runtime.precision import resolve_precision
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trainer_overhead import Arm, interleaved_bare_steps, step_summary  # noqa: E402  (the same step as lorabench.trainer.train runs)
+from common import REPO, SNAPSHOTS, Arm, interleaved_bare_steps, prepare, step_summary
 
-REPO = Path(__file__).resolve().parents[1]
-SNAPSHOTS = Path(os.environ.get("LORABENCH_SNAPSHOTS", REPO.parent / "shared" / "hf"))
 CPU = torch.device("cpu")
 METHODS = ["lora", "full_ft", "qlora"]
 CASES = {"minilm": "sst2", "smollm2": "wikitext2"}  # model -> the dataset it is scored on
-
-
-def prepare(config: dict, dataset: str, cache: Path) -> tuple[Path, Path]:
-    """(model folder, tokenized folder) for a dataset of the config, built once under ``cache``. The tokens are
-    kept per version of the dataset's entry, so a changed size or length never reads a stale cache."""
-    ds = dataset_entry(config, dataset)
-    model_cfg = config["models"][ds["model"]]
-    model_dir, raw_dir = cache / "models" / ds["model"], cache / "datasets" / dataset
-    version = hashlib.sha256(json.dumps([ds, config["training"]["subset_seed"]], sort_keys=True).encode())
-    tok_dir = cache / "tokenized" / dataset / f"{ds['model']}_{version.hexdigest()[:12]}"
-    if not model_dir.exists():
-        fetch_model(model_cfg["repo"], config["snapshots"], model_dir, model_cfg.get("gguf_file"))
-    if not raw_dir.exists():
-        fetch_dataset(ds["repo"], ds.get("config_name"), [ds["train_split"], ds["eval_split"]], config["snapshots"],
-                      raw_dir)
-    if not tok_dir.exists():
-        tokenize_dataset(ds, model_dir, raw_dir, config["training"]["subset_seed"], tok_dir)
-    return model_dir, tok_dir
 
 
 def step_times(model_name, method, params, loader, batches, settings) -> dict:

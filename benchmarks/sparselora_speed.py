@@ -22,27 +22,24 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lorabench.config import TrainingSettings, load_config, method_params_on
-from lorabench.data import TRAIN, Collator, length_grouped_batches, load_tokenized
-from lorabench.ffn_sparsity import _get
-from lorabench.sparsity_predictors import calibration_batches
-from lorabench.flops import step_flops_per_token
-from lorabench.models import ModelLoader
-from lorabench.precision import resolve_precision
-from lorabench.utils import device_name, set_threads
+from lorabench.config.views import method_params_on
+from lorabench.execution.flops import step_flops_per_token
+from lorabench.execution.settings import TrainingSettings
+from lorabench.loading.data import TRAIN, Collator, calibration_batches, length_grouped_batches, load_tokenized
+from lorabench.loading.models import ModelLoader
+from lorabench.methods.checks import load_config
+from lorabench.methods.sparselora.channels import submodule
+from lorabench.runtime.device import device_name, set_threads
+from lorabench.runtime.precision import resolve_precision
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision import prepare  # noqa: E402  (models and data under resources/bench/)
-from trainer_overhead import Arm, interleaved_bare_steps, step_summary  # noqa: E402  (the same step as lorabench.trainer.train runs)
+from common import REPO, Arm, interleaved_bare_steps, prepare, step_summary
 
-REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 CASES = {"smollm2": ("wikitext2", 64), "minilm": ("imdb", 128)}  # model -> (dataset, tokens per example)
 BATCH = 16
@@ -72,7 +69,7 @@ def analytic_saved_flops_per_token(ffn, attn, seq: int) -> float:
     forward multiply-adds (it runs without gradients)."""
     fmap, saved = ffn.fmap, 0.0
     for i, block in enumerate(ffn.blocks):
-        up = _get(block, fmap.ups[0])
+        up = submodule(block, fmap.ups[0])
         hidden = getattr(up, "base_layer", up).weight.shape[1]
         s, inter = ffn.sparsities[i], ffn.widths[i]
         if s > 0:

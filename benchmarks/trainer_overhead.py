@@ -10,7 +10,7 @@ Three numbers, printed as the last line  overhead_ratio=X trainer_ratio=Y mfu=Z 
 - trainer_ratio: a whole lorabench LoRA training run against the Hugging Face Trainer with
   ``group_by_length=True`` (its fair setting: it too batches sentences of similar length), same data,
   hyperparameters and precision; whole runs alternated ABAB, ``--rounds`` each, median per arm.
-- mfu: achieved training FLOP/s of the lorabench arm (fvcore count, see lorabench.flops) over this CPU's
+- mfu: achieved training FLOP/s of the lorabench arm (fvcore count, see lorabench.execution.flops) over this CPU's
   matmul peak in the same precision, measured in the same process with a 2048 x 2048 GEMM.
 Real MiniLM weights and SST-2 sentences from the snapshots (LORABENCH_SNAPSHOTS, default ../shared/hf).
 """
@@ -30,18 +30,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lorabench.config import TrainingSettings
-from lorabench.data import Collator, length_grouped_batches
-from lorabench.flops import count as count_flops
+from lorabench.execution.flops import count as count_flops
+from lorabench.execution.settings import TrainingSettings
+from lorabench.execution.trainer import RunId, plan_steps, train
+from lorabench.loading.data import Collator, length_grouped_batches
+from lorabench.loading.models import ModelLoader
+from lorabench.loading.quantization import full_precision
 from lorabench.methods import build_method
-from lorabench.models import ModelLoader
-from lorabench.precision import resolve_precision
-from lorabench.quantization import full_precision
-from lorabench.trainer import RunId, forward_backward, optimizer_step, plan_steps, train
-from lorabench.utils import device_name, seed_everything, set_threads
+from lorabench.runtime.device import device_name, seed_everything, set_threads
+from lorabench.runtime.precision import resolve_precision
 
-REPO = Path(__file__).resolve().parents[1]
-SNAPSHOTS = Path(os.environ.get("LORABENCH_SNAPSHOTS", REPO.parent / "shared" / "hf"))
+from common import SNAPSHOTS, Arm
+
 MODEL = SNAPSHOTS / "models/sentence-transformers/all-MiniLM-L6-v2"
 CPU = torch.device("cpu")
 PARAMS = {
@@ -69,68 +69,6 @@ def matmul_peak_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> fl
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
-
-
-class Arm:
-    """One model with its optimizer and schedule; ``step`` runs one optimizer step and returns its seconds."""
-
-    def __init__(self, name, params, loader, settings, total_steps, precision, seed=0):
-        from transformers import get_linear_schedule_with_warmup
-
-        seed_everything(seed)
-        self.method = build_method(name, params, loader.target_modules, precision)
-        self.model = self.method.build(loader)
-        self.model.train()
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = self.method.make_optimizer(self.params, params["lr"], settings.weight_decay)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, round(settings.warmup_ratio * total_steps),
-                                                         total_steps)
-        self.scaler = precision.grad_scaler()
-        self.precision = precision
-        self.settings = settings
-
-    def ours(self, examples, collator, step: int, total_steps: int) -> float:
-        """What trainer.train runs per step: collate, forward_backward, optimizer_step, method hook."""
-        start = time.perf_counter()
-        batch = collator(examples)
-        forward_backward(self.model, self.method, batch, self.precision, self.scaler, 1)
-        optimizer_step(self.params, self.optimizer, self.scheduler, self.scaler, self.settings.max_grad_norm)
-        self.method.on_optimizer_step(self.model, step, total_steps)
-        return time.perf_counter() - start
-
-    def bare(self, batch) -> float:
-        """A hand-written loop over a batch collated beforehand: nothing but the arithmetic."""
-        start = time.perf_counter()
-        with self.precision.autocast():
-            loss = self.model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
-
-
-def interleaved_bare_steps(arms: dict, batches: list[dict], skip: int = 2) -> dict[str, list[float]]:
-    """Milliseconds per step of two arms (name -> Arm) stepping on the same batches, ABBA order (neither arm
-    always goes first); the first ``skip`` batches pick kernels for the shapes and are not timed."""
-    first, second = arms
-    times = {name: [] for name in arms}
-    for i, batch in enumerate(batches):
-        for name in ((first, second) if i % 2 == 0 else (second, first)):
-            t = arms[name].bare(batch)
-            if i >= skip:
-                times[name].append(1000 * t)
-    return times
-
-
-def step_summary(times: dict[str, list[float]]) -> dict:
-    """<arm>_step_ms_median and <arm>_step_ms_iqr of each arm."""
-    row = {}
-    for name, ts in times.items():
-        q1, med, q3 = np.percentile(ts, [25, 50, 75])
-        row.update({f"{name}_step_ms_median": med, f"{name}_step_ms_iqr": q3 - q1})
-    return row
 
 
 def interleaved_steps(name, loader, rows, collator, settings, precision, warmup: int = 3) -> dict:

@@ -86,7 +86,7 @@ def tokenized(tmp_path_factory):
     """96 SST-2 training and 32 validation sentences, tokenized for MiniLM (SST2_DATASET)."""
     import pandas as pd
 
-    from lorabench.data import tokenize_dataset
+    from lorabench.loading.data import tokenize_dataset
 
     root = tmp_path_factory.mktemp("data")
     raw = root / "raw"

@@ -6,17 +6,18 @@ Llama (rotary, grouped-query) for the other map."""
 
 import pytest
 import torch
-
-from lorabench.attn_sparsity import AttnSparsity, kept_per_head
-from lorabench.ffn_sparsity import FFN_MAPS, _get, find_blocks
-from lorabench.methods import build_method
-from lorabench.models import ModelLoader
-from lorabench.sparsity_predictors import compute_predictors
-from lorabench.utils import seed_everything
-
-from conftest import MINILM
 from test_sparselora import (LORA, assert_checkpointing_recomputes_the_same_channels, assert_same_step,
                              half_sparse_case, random_batch, sst2_batch, step)
+
+from lorabench.loading.models import ModelLoader
+from lorabench.methods import build_method
+from lorabench.methods.sparselora.attention import AttnSparsity, kept_per_head
+from lorabench.methods.sparselora.channels import submodule
+from lorabench.methods.sparselora.ffn import FFN_MAPS, find_blocks
+from lorabench.methods.sparselora.predictors import compute_predictors
+from lorabench.runtime.device import seed_everything
+
+from conftest import MINILM
 
 
 @pytest.fixture(params=["bert", "llama"])
@@ -66,7 +67,7 @@ def test_narrowed_attention_equals_dense_with_the_other_channels_zeroed(case):
         for path, mask in ((sparsity.amap.q, channel_mask(qk.repeat_interleave(group, 0), n_q, head_dim)),
                            (sparsity.amap.k, channel_mask(qk, n_kv, head_dim)),
                            (sparsity.amap.v, channel_mask(v, n_kv, head_dim))):
-            hooks.append(_get(block, path).register_forward_hook(lambda m, args, out, mask=mask: out * mask))
+            hooks.append(submodule(block, path).register_forward_hook(lambda m, args, out, mask=mask: out * mask))
     sparsity.force_channels = forced
     narrowed = step(model, sparsity, batch, sparse=True)
     zeroed = step(model, sparsity, batch, sparse=False)
@@ -105,10 +106,10 @@ def test_predicted_channels_beat_chance_against_the_true_norms():
     sparsity = AttnSparsity(model, "bert", [0.75] * n_layers, compute_predictors(model, "bert", 16, calibration))
     outputs, hooks = {}, []
     for i, block in enumerate(sparsity.blocks):
-        hooks.append(_get(block, "attention.self").register_forward_pre_hook(
+        hooks.append(submodule(block, "attention.self").register_forward_pre_hook(
             lambda m, args, kwargs, i=i: outputs.__setitem__(i, args[0].detach()), with_kwargs=True))
         for name in "qkv":
-            hooks.append(_get(block, getattr(sparsity.amap, name)).register_forward_hook(
+            hooks.append(submodule(block, getattr(sparsity.amap, name)).register_forward_hook(
                 lambda m, args, out, i=i, name=name: outputs.__setitem__((i, name), out.detach())))
     with torch.no_grad():
         model(**batch)

@@ -3,7 +3,8 @@ import re
 
 import pytest
 
-from lorabench.config import ConfigError, validate_config
+from lorabench.config import ConfigError
+from lorabench.methods.checks import check_config
 
 from conftest import REPO, SNAPSHOTS, load_yaml, smoke_config, snakemake, write_config
 
@@ -15,7 +16,7 @@ def test_shipped_configs_are_valid(name, monkeypatch):
     cfg = load_yaml(REPO / name)
     if cfg["snapshots"]:
         cfg["snapshots"] = str(SNAPSHOTS)
-    validate_config(cfg)
+    check_config(cfg)
 
 
 def _set(cfg, path, value):
@@ -138,7 +139,7 @@ def test_bad_config_is_refused_with_the_key_named(what, key, value, words):
     cfg = copy.deepcopy(smoke_config())
     _set(cfg, key, value)
     with pytest.raises(ConfigError) as err:
-        validate_config(cfg)
+        check_config(cfg)
     for w in words:
         assert w in str(err.value), f"{what}: '{w}' not in: {err.value}"
 
@@ -148,7 +149,7 @@ def test_offline_without_snapshots_is_refused(monkeypatch):
     cfg = smoke_config()
     cfg["snapshots"] = ""
     with pytest.raises(ConfigError, match="snapshots=PATH"):
-        validate_config(cfg)
+        check_config(cfg)
 
 
 @pytest.mark.parametrize("key,value,words", [
@@ -185,7 +186,7 @@ def test_sparselora_on_an_architecture_without_a_channel_map_is_refused(tmp_path
     cfg["models"]["gpt2"] = {"repo": "openai-community/gpt2", "target_modules": ["c_attn"]}
     cfg["datasets"]["sst2"]["model"] = "gpt2"
     with pytest.raises(ConfigError) as err:
-        validate_config(cfg)
+        check_config(cfg)
     assert "methods.sparselora" in str(err.value) and "gpt2" in str(err.value) and "llama" in str(err.value)
 
 
@@ -195,7 +196,7 @@ def test_quantize_is_one_axis_and_qlora_is_its_preset():
                                   "double_quant": True, "optimizer": "paged_adamw"}
     cfg["methods"]["qlora_int8"] = {"type": "qlora", "lr": 1e-3, "r": 4, "alpha": 8, "dropout": 0.0, "quantize": "int8"}
     cfg["methods"]["qhira"] = {"type": "hira", "lr": 5e-3, "r": 4, "dropout": 0.0, "quantize": "fp4"}
-    methods = validate_config(cfg)["methods"]
+    methods = check_config(cfg)["methods"]
     preset = {k: v for k, v in methods["qlora"].items() if k != "type"}
     assert preset == {k: v for k, v in methods["lora_nf4"].items() if k not in ("type", "use_dora", "use_rslora")}
     assert (preset["quantize"], preset["double_quant"], preset["optimizer"]) == ("nf4", True, "paged_adamw")
@@ -212,7 +213,7 @@ def test_sweeps_plan_the_brief_s_curves(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     train_jobs = int(re.search(r"^train\s+(\d+)", proc.stdout + proc.stderr, re.M).group(1))
     assert train_jobs >= 30
-    methods = validate_config(cfg)["methods"]
+    methods = check_config(cfg)["methods"]
     sparsities = {p["sparsity"] for p in methods.values() if p["type"] == "sparse_lora_magnitude"}
     assert sparsities == {0.25, 0.5, 0.75, 0.9}
     assert {p["r"] for p in methods.values() if p["type"] == "hira"} == {2, 4, 8, 16, 32}
@@ -235,7 +236,7 @@ def test_lr_sweep_plans_each_rate_as_a_variant_scored_on_held_out_data(tmp_path)
     assert re.search(r"^lr_choice\s+1", out, re.M)
     # the rates of one method build the same model: one efficiency job measures it for all of them
     assert int(re.search(r"^efficiency\s+(\d+)", out, re.M).group(1)) == len(grid) * len(cfg["datasets"])
-    methods = validate_config(copy.deepcopy(cfg))["methods"]
+    methods = check_config(copy.deepcopy(cfg))["methods"]
     assert methods["lora_lr3e-4"] == {**methods["lora_lr1e-3"], "lr": 3e-4}
     assert {p["lr"] for n, p in methods.items() if p["type"] == "full_ft"} == set(grid["full_ft"])
     assert all(ds["holdout_size"] for ds in cfg["datasets"].values())

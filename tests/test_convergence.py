@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from lorabench.convergence import LEVELLED, NO_PROGRESS, STILL_FALLING, TOO_FEW, smoothed, tail_trend
+from lorabench.analysis.convergence import LEVELLED, NO_PROGRESS, STILL_FALLING, TOO_FEW, smoothed, tail_trend
 
 
 def test_a_loss_still_falling_linearly_is_flagged():

@@ -1,12 +1,11 @@
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from transformers import AutoTokenizer
 
-import pytest
-
-from lorabench.data import (Collator, fixed_subset, length_grouped_batches, lm_blocks, load_tokenized, split_rows,
-                           tokenize_dataset, truncated_ids)
+from lorabench.loading.data import (Collator, fixed_subset, length_grouped_batches, lm_blocks, load_tokenized,
+                                    split_rows, tokenize_dataset, truncated_ids)
 
 from conftest import MINILM, SNAPSHOTS
 

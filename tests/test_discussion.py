@@ -3,7 +3,8 @@ comparisons say so."""
 
 import pandas as pd
 
-from lorabench.discussion import NOT_ENOUGH, discussion_lines
+from lorabench.analysis.discussion import NOT_ENOUGH, discussion_lines
+from lorabench.methods import type_traits
 
 
 def _runs(method, method_type, accuracy, sparsity=0.0, adapter_params=1000, quantize="none", mem=100.0,
@@ -16,7 +17,7 @@ def _runs(method, method_type, accuracy, sparsity=0.0, adapter_params=1000, quan
 
 
 def _text(rows) -> str:
-    return "\n".join(discussion_lines(pd.DataFrame(rows), "lora"))
+    return "\n".join(discussion_lines(pd.DataFrame(rows), "lora", type_traits()))
 
 
 def test_sparsity_verdict_names_where_the_metric_leaves_the_interval():

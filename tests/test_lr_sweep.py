@@ -2,7 +2,8 @@
 
 import pandas as pd
 
-from lorabench.lr_sweep import choice_table, expand_grid, grid_variants, lr_tag
+from lorabench.analysis.lr_choice import choice_table
+from lorabench.config.lr_grid import expand_grid, grid_variants, lr_tag
 
 
 def test_rate_tags_are_path_safe_and_distinct():
@@ -38,8 +39,8 @@ def test_the_choice_is_the_best_mean_over_seeds_per_dataset_and_direction():
 
 
 def test_rates_sharing_one_efficiency_measurement_each_get_its_row(tmp_path):
-    from lorabench.aggregate import efficiency_table
-    from lorabench.utils import write_json
+    from lorabench.analysis.aggregate import efficiency_table
+    from lorabench.io import write_json
 
     write_json(tmp_path / "lora_lr1e-3.json", {"latency_ms": 5.0, "peak_infer_mem_mb": 80.0})
     table = efficiency_table({"sst2/lora_lr1e-3": tmp_path / "lora_lr1e-3.json",

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorabench.memory import PhaseMemory, stored_bytes
+from lorabench.loading.models import ModelLoader
 from lorabench.methods import build_method
-from lorabench.models import ModelLoader
+from lorabench.runtime.memory import PhaseMemory, stored_bytes
 
 from conftest import MINILM
 
@@ -62,7 +62,7 @@ def test_stored_bytes_are_exact_and_a_4bit_base_stores_far_less():
 
 EXACT_PHASE = """
 import json, torch
-from lorabench.memory import PhaseMemory, _status_kb
+from lorabench.runtime.memory import PhaseMemory, _status_kb
 memory = PhaseMemory(torch.device("cpu"))
 out = {}
 for exact in (True, False):  # stop() pins the relaxed threshold for the phase after
@@ -95,7 +95,7 @@ def test_an_exact_phase_hands_freed_blocks_back_at_once():
 
 LOAD_BEFORE_ANY_PHASE = """
 import json, torch
-from lorabench.memory import PhaseMemory, _status_kb
+from lorabench.runtime.memory import PhaseMemory, _status_kb
 block = torch.ones(2**21)
 del block  # an 8 MB block freed before: glibc's dynamic threshold now sends 4 MB blocks to the heap
 memory = PhaseMemory(torch.device("cpu"))
@@ -122,7 +122,7 @@ def test_loading_runs_exact_so_it_leaves_no_holes_for_a_later_phase_to_refill():
 
 
 def test_training_memory_probes_the_first_two_batches_and_the_longest():
-    from lorabench.trainer import memory_probe_batches
+    from lorabench.execution.trainer import memory_probe_batches
 
     lengths = [10, 12, 64, 11, 30, 9]
     batches = [[0, 1], [5, 3], [4], [2]]

@@ -8,15 +8,15 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lorabench.config import TrainingSettings
-from lorabench.data import Collator
-from lorabench.evaluate import evaluate
-from lorabench.inference import model_inputs
+from lorabench.execution.evaluate import evaluate
+from lorabench.execution.inference import model_inputs
+from lorabench.execution.settings import TrainingSettings
+from lorabench.execution.trainer import RunId, train
+from lorabench.loading.data import Collator
+from lorabench.loading.models import ModelLoader
 from lorabench.methods import METHODS, build_method, count_parameters
 from lorabench.methods.adapter_stats import adapter_weights, sparsity_report
-from lorabench.models import ModelLoader
-from lorabench.trainer import RunId, train
-from lorabench.utils import seed_everything
+from lorabench.runtime.device import seed_everything
 
 from conftest import MINILM, SNAPSHOTS
 
@@ -72,7 +72,7 @@ def test_every_registered_method_is_tested():
 
 
 def test_untrained_base_trains_nothing_and_evaluates_the_pretrained_model(loader, rows, collator, tmp_path):
-    from lorabench.trainer import untrained_metrics
+    from lorabench.execution.trainer import untrained_metrics
 
     method = build_method("base", {}, loader.target_modules)
     model = method.build(loader).eval()

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from lorabench import metrics
+from lorabench.analysis import metrics
 
 
 def test_accuracy_hand_computed():

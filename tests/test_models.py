@@ -1,6 +1,6 @@
 import pytest
 
-from lorabench.models import TARGET_MODULES, ModelLoader, language_model_kind, target_modules_for
+from lorabench.loading.models import TARGET_MODULES, ModelLoader, language_model_kind, target_modules_for
 
 from conftest import MINILM
 
@@ -36,8 +36,8 @@ def test_qlora_on_distilbert_keeps_tied_and_task_heads_in_full_precision(tiny_di
     import torch
     from transformers import AutoTokenizer
 
-    from lorabench.data import Collator
-    from lorabench.evaluate import evaluate
+    from lorabench.execution.evaluate import evaluate
+    from lorabench.loading.data import Collator
     from lorabench.methods import build_method
 
     loader = ModelLoader(tiny_distilbert, task, 2)
@@ -67,7 +67,7 @@ def test_mean_pooling_reads_the_mean_of_real_tokens_and_ignores_padding():
     import torch
     from transformers import AutoTokenizer
 
-    from lorabench.models import MeanPooler
+    from lorabench.loading.models import MeanPooler
 
     loader = ModelLoader(MINILM, "classification", 2, pooling="mean")
     model = loader.load().eval()

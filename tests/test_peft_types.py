@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lorabench.data import Collator
-from lorabench.evaluate import evaluate
+from lorabench.execution.evaluate import evaluate
+from lorabench.loading.data import Collator
+from lorabench.loading.models import ModelLoader
 from lorabench.methods import build_method, count_parameters
 from lorabench.methods.adalora import layer_ranks, schedule
-from lorabench.models import ModelLoader
 
 from conftest import MINILM
 from test_methods import SETTINGS, _logits, _train, collator, loader, rows  # noqa: F401  (fixtures)

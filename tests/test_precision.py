@@ -6,14 +6,17 @@ import copy
 import pytest
 import torch
 
-from lorabench.config import ConfigError, validate_config
+from lorabench.config import ConfigError
+from lorabench.execution.jobs import train_run
+from lorabench.io import read_json
+from lorabench.loading.models import ModelLoader
 from lorabench.methods import build_method
-from lorabench.models import ModelLoader
-from lorabench.precision import native_bf16, resolve_precision
-from lorabench.run import train_run
-from lorabench.utils import read_json
+from lorabench.methods.checks import check_config
+from lorabench.runtime.precision import native_bf16, resolve_precision
 
-from conftest import MINILM, SST2_DATASET as DATASET, smoke_config, snakemake, write_config
+from conftest import MINILM
+from conftest import SST2_DATASET as DATASET
+from conftest import smoke_config, snakemake, write_config
 
 CPU = torch.device("cpu")
 TRAINING = {"epochs": 3, "batch_size": 16, "grad_accum_steps": 1, "warmup_ratio": 0.0, "weight_decay": 0.0,
@@ -102,17 +105,17 @@ def _contradiction(precision="fp16"):
 @pytest.mark.parametrize("precision", ["fp16"])
 def test_a_method_that_cannot_run_in_the_precision_is_refused_naming_both(precision):
     with pytest.raises(ConfigError) as err:
-        validate_config(_contradiction(precision))
+        check_config(_contradiction(precision))
     for word in ("methods.qlora", "'fp16'", "compute_dtype"):
         assert word in str(err.value), err.value
     ok = copy.deepcopy(smoke_config())
     ok["precision"] = "bf16"
     ok["methods"]["qlora"]["compute_dtype"] = "bfloat16"
-    validate_config(ok)  # agreeing settings pass
+    check_config(ok)  # agreeing settings pass
     bad = copy.deepcopy(smoke_config())
     bad["precision"] = "fp8"
     with pytest.raises(ConfigError, match="precision"):
-        validate_config(bad)
+        check_config(bad)
 
 
 def test_snakemake_refuses_the_contradiction_before_any_job(tmp_path):

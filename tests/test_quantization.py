@@ -6,9 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from lorabench.loading.quantization import merge_error
 from lorabench.methods import build_method
 from lorabench.methods.adapter_stats import adapter_weights, sparsity_report
-from lorabench.quantization import merge_error
 
 from test_methods import SETTINGS, _train, collator, loader, rows  # noqa: F401  (fixtures)
 

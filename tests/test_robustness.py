@@ -16,11 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lorabench.data import load_tokenized, tokenize_dataset
-from lorabench.run import train_run
-from lorabench.trainer import DivergenceError
+from lorabench.execution.jobs import train_run
+from lorabench.execution.trainer import DivergenceError
+from lorabench.loading.data import load_tokenized, tokenize_dataset
 
-from conftest import MINILM, REPO, SST2_DATASET as DATASET
+from conftest import MINILM, REPO
+from conftest import SST2_DATASET as DATASET
 
 TRAINING = {"epochs": 2, "batch_size": 8, "grad_accum_steps": 1, "warmup_ratio": 0.1, "weight_decay": 0.01,
             "max_grad_norm": 1.0, "subset_seed": 0, "checkpoint_every": 1}
@@ -44,7 +45,7 @@ def _comparable(metrics: dict) -> dict:
 
 
 def _start(kwargs) -> subprocess.Popen:
-    code = "import json, sys; from lorabench.run import train_run; train_run(**json.loads(sys.argv[1]))"
+    code = "import json, sys; from lorabench.execution.jobs import train_run; train_run(**json.loads(sys.argv[1]))"
     return subprocess.Popen([sys.executable, "-c", code, json.dumps(kwargs)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
@@ -130,4 +131,4 @@ def test_weights_load_safely_and_no_shell_is_built_from_config():
         assert "os.system(" not in code and "shell=True" not in code, path
     rules = "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk")) + (REPO / "Snakefile").read_text()
     assert "shell:" not in rules and "run:" not in rules  # every rule runs a script; no command strings
-    assert 'kwargs.setdefault("use_safetensors", True)' in (REPO / "src/lorabench/models.py").read_text()
+    assert 'kwargs.setdefault("use_safetensors", True)' in (REPO / "src/lorabench/loading/models.py").read_text()

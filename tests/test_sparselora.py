@@ -7,15 +7,16 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lorabench.config import TrainingSettings
-from lorabench.data import Collator
-from lorabench.ffn_sparsity import FFN_MAPS, FFNSparsity, _get, _parts, find_blocks, kept_channels
+from lorabench.execution.settings import TrainingSettings
+from lorabench.execution.trainer import RunId, enable_gradient_checkpointing, train
+from lorabench.loading.data import Collator
+from lorabench.loading.models import ModelLoader
 from lorabench.methods import build_method
-from lorabench.methods.sparselora import layer_sparsities
-from lorabench.models import ModelLoader
-from lorabench.sparsity_predictors import compute_predictors
-from lorabench.trainer import RunId, enable_gradient_checkpointing, train
-from lorabench.utils import seed_everything
+from lorabench.methods.sparselora.channels import kept_channels, linear_parts, submodule
+from lorabench.methods.sparselora.ffn import FFN_MAPS, FFNSparsity, find_blocks
+from lorabench.methods.sparselora.predictors import compute_predictors
+from lorabench.methods.sparselora.settings import layer_sparsities
+from lorabench.runtime.device import seed_everything
 
 from conftest import MINILM, SNAPSHOTS
 
@@ -126,7 +127,7 @@ def test_narrowed_ffn_equals_dense_with_the_other_channels_masked(case):
     for i, block in enumerate(sparsity.blocks):
         mask = torch.zeros(sparsity.widths[i])
         mask[kept[i]] = 1.0
-        down = _get(block, sparsity.fmap.down)
+        down = submodule(block, sparsity.fmap.down)
         hooks.append(down.register_forward_pre_hook(lambda module, args, mask=mask: (args[0] * mask,)))
     ref_logits, ref_grads = step(model, sparsity, batch, sparse=False)
     for h in hooks:
@@ -163,7 +164,7 @@ def test_predictor_scores_are_the_norm_over_real_tokens_and_bf16_keeps_their_ran
         block, tokens = sparsity.blocks[i], x.float().reshape(-1, x.shape[-1])[real]
         pre = []
         for path, (a, b) in zip(sparsity.fmap.ups, sparsity.predictors[i]):
-            bias = _parts(_get(block, path))[0].bias
+            bias = linear_parts(submodule(block, path))[0].bias
             pre.append(tokens @ a @ b + (0 if bias is None else bias))
         reference = sparsity.fmap.hidden(block, pre).norm(dim=0)
         torch.testing.assert_close(sparsity.predicted_scores(i, x), reference, rtol=1e-4, atol=1e-5)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from lorabench import stats
+from lorabench.analysis import stats
 
 
 def test_t_interval_matches_scipy():

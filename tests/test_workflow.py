@@ -103,7 +103,7 @@ def test_nothing_reruns_and_one_hyperparameter_reruns_only_its_method(smoke_run,
     assert len(trained) == len(cfg["datasets"]) * len(cfg["seeds"])
     assert not any(r in ("fetch_model", "fetch_dataset", "tokenize") for r, _ in jobs)
     # latency, size and FLOPs do not depend on the learning rate
-    assert {r for r, _ in jobs} <= {"train", "aggregate", "statistics", "plot", "all"}
+    assert {r for r, _ in jobs} <= {"train", "aggregate", "report", "plot", "all"}
 
     cfg["methods"]["hira"]["r"] = cfg["methods"]["hira"]["r"] * 2  # the rank changes the graph
     reshaped = _planned_jobs(snakemake(smoke_run, write_config(tmp_path / "rank.yaml", cfg), "--dry-run", timeout=120))
@@ -145,7 +145,7 @@ def test_nothing_reruns_and_one_hyperparameter_reruns_only_its_method(smoke_run,
                                         timeout=120))
     trained = sorted(w for r, w in one_model if r == "train")
     assert trained == [f"dataset=wikitext2, method=sparselora, seed={s}" for s in cfg["seeds"]], trained
-    assert {r for r, _ in one_model} <= {"train", "aggregate", "statistics", "plot", "all"}
+    assert {r for r, _ in one_model} <= {"train", "aggregate", "report", "plot", "all"}
 
 
 def test_precision_is_part_of_every_run(smoke_run, tmp_path):
@@ -224,7 +224,7 @@ def test_adaptive_rank_and_a_generic_peft_method_run_from_config(smoke_run):
 
 
 def test_statistics_report_and_figures(smoke_run):
-    from lorabench.plots import FIGURES
+    from lorabench.analysis.plots import FIGURES
 
     res = smoke_run / "results"
     by_method = pd.read_csv(res / "summary_by_method.csv")

@@ -1,8 +1,5 @@
-# Gather every run into tables, statistics, figures and the report (CPU only, cheap).
-from lorabench.plots import figures_for
-
-FIGURES = figures_for([params["type"] for params in config["methods"].values()],
-                      [params.get("quantize", "none") for params in config["methods"].values()])
+# Gather every run into tables, statistics, figures and the report (CPU only, cheap). These jobs import no
+# torch: what they need to know of each method type (METHOD_TRAITS, FIGURES: common.smk) comes as params.
 
 
 rule aggregate:
@@ -22,7 +19,7 @@ rule aggregate:
         "../scripts/aggregate.py"
 
 
-rule statistics:
+rule report:
     input:
         summary="results/summary.csv",
         predictions=all_runs(f"{RUN}/predictions.csv"),
@@ -33,12 +30,14 @@ rule statistics:
     params:
         baseline=config["baseline_method"],
         runs_dir="results/runs",
+        traits=METHOD_TRAITS,
+        figures=FIGURES,
     log:
-        "results/logs/statistics.log",
+        "results/logs/report.log",
     benchmark:
-        "results/benchmarks/statistics.tsv"
+        "results/benchmarks/report.tsv"
     script:
-        "../scripts/statistics.py"
+        "../scripts/report.py"
 
 
 rule plot:
@@ -52,6 +51,8 @@ rule plot:
     params:
         out_dir="results/figures",
         baseline=config["baseline_method"],
+        traits=METHOD_TRAITS,
+        figures=FIGURES,
     log:
         "results/logs/plot.log",
     benchmark:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also when not pip-installed
 
-from lorabench.config import (ConfigError, dataset_entry, dataset_training, method_params_on, sorted_keys,
-                              validate_config)
-from lorabench.methods import architecture_params, method_class, method_type
-from lorabench.sparsity_predictors import PREDICTOR_CONTENTS
+from lorabench.config import ConfigError, dataset_entry, dataset_training, method_params_on, sorted_keys
+from lorabench.analysis.plots import figures_for
+from lorabench.methods import architecture_params, method_class, method_type, type_traits
+from lorabench.methods.checks import check_config
+from lorabench.methods.sparselora.predictors import PREDICTOR_CONTENTS
 
 try:
-    validate_config(config)
+    check_config(config)
 except ConfigError as err:
     # A clear one-line message and no traceback: the error names the key and what is allowed.
     print(f"lorabench: invalid configuration: {err}", file=sys.stderr)
@@ -36,6 +37,12 @@ wildcard_constraints:
     seed=r"\d+",
     rank=r"\d+",
     kind="calibrated|svd",
+
+
+# What the analysis jobs (torch-free) are told of the configured method types, and the figures they draw.
+METHOD_TRAITS = type_traits(sorted({params["type"] for params in config["methods"].values()}))
+FIGURES = figures_for(f for params in config["methods"].values()
+                      for f in method_class(params["type"]).figures_of(params))
 
 
 def model_of(dataset):

@@ -1,6 +1,6 @@
-from lorabench.utils import log_to
+from lorabench.io import log_to
 
 log_to(snakemake.log[0])
-from lorabench.aggregate import write_summary  # noqa: E402
+from lorabench.analysis.aggregate import write_summary  # noqa: E402
 
 write_summary(snakemake.input.train, snakemake.input.evaluation, snakemake.params.efficiency_of, snakemake.output.summary)

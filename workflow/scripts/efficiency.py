@@ -1,7 +1,7 @@
-from lorabench.utils import log_to
+from lorabench.io import log_to
 
 log_to(snakemake.log[0])
-from lorabench.run import efficiency_run  # noqa: E402
+from lorabench.execution.jobs import efficiency_run  # noqa: E402
 
 run = snakemake.params.run
 efficiency_run(

@@ -1,14 +1,22 @@
 """Fine-tuning methods, one module each, registered under their config names.
 
 A method decides how the base model is loaded and wrapped, which optimizer runs, what extra loss or
-per-step action it needs, and what it reports. The trainer calls the same hooks for every method.
+per-step action it needs, and what it reports. The trainer calls the same hooks for every method. A method
+also owns what is known of it before any job runs: its config checks (``Method.check_settings``, run by
+lorabench.methods.checks) and its traits for the analysis (family, figures, colour: ``Method.traits``).
 """
 
+from lorabench.config.schema import method_defaults
+from lorabench.methods import (adalora, full_ft, hira, lora, peft_generic, pruned_lora,  # noqa: F401  (registration)
+                               sparselora, untrained)
 from lorabench.methods.base import METHODS, Method, count_parameters, register  # noqa: F401
-from lorabench.precision import FP32, Precision
-from lorabench.methods import (  # noqa: F401  (registration)
-    adalora, full_ft, hira, lora, peft_generic, sparse_lora, sparselora, untrained)
-from lorabench.schema import method_defaults
+from lorabench.runtime.precision import FP32, Precision
+
+
+def type_traits(types=None) -> dict[str, dict]:
+    """Method.traits of the registered ``types`` (all of them by default), keyed by type: what the analysis jobs
+    are told of each type, since they never import the methods."""
+    return {kind: method_class(kind).traits() for kind in (sorted(METHODS) if types is None else types)}
 
 
 def method_class(name: str) -> type[Method]:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from lorabench.methods.adapter import AdapterMethod, head_modules_present
-from lorabench.methods.base import register
+from lorabench.methods.base import SettingError, register
 
 # A placeholder schedule for PEFT's constructor, which requires one; the real one is set at the start of training.
 _UNSET_TOTAL_STEPS = 10**9
@@ -63,8 +63,18 @@ def layer_ranks(model: torch.nn.Module) -> dict[str, int]:
 
 @register("adalora")
 class AdaLoRA(AdapterMethod):
+    colour = "#17becf"
+    figures = ("adalora_ranks",)
     training_only_params = AdapterMethod.training_only_params + (
         "target_r", "tinit_frac", "tfinal_frac", "delta_t", "orth_reg_weight")
+    rank_settings = ("init_r",)
+
+    @classmethod
+    def check_settings(cls, params: dict, shape) -> None:
+        if params["target_r"] > params["init_r"]:
+            raise SettingError("target_r", f"{params['target_r']} exceeds init_r {params['init_r']}; AdaLoRA prunes "
+                                           "ranks from init_r down to target_r (allowed: 1..init_r)")
+        super().check_settings(params, shape)
 
     def peft_config(self, loader, model):
         from peft import AdaLoraConfig

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from lorabench.methods.base import Method
-from lorabench.quantization import merge_error
+from lorabench.loading.quantization import merge_error
+from lorabench.methods.base import Method, SettingError
 
 
 def head_modules_present(model: torch.nn.Module, head_names: list[str]) -> list[str]:
@@ -25,6 +25,18 @@ class AdapterMethod(Method):
         # Merging into a quantized base dequantizes, adds and re-quantizes: the adapter's effect is partly lost
         # (merge_error_rel), so a quantized adapter is deployed unmerged.
         return not self.quantization.quantized
+
+    #: Settings that are an adapted layer's rank: none may exceed the smallest adapted layer's width.
+    rank_settings: tuple[str, ...] = ("r",)
+
+    @classmethod
+    def check_settings(cls, params: dict, shape) -> None:
+        super().check_settings(params, shape)
+        width = shape.smallest_width if shape else None
+        for key in cls.rank_settings:
+            if width and params.get(key, 0) > width:
+                raise SettingError(key, f"rank {params[key]} exceeds the smallest adapted layer width {width}; "
+                                        f"allowed: 1..{width}")
 
     def peft_config(self, loader, model: torch.nn.Module):
         raise NotImplementedError

@@ -8,18 +8,30 @@ from typing import Callable
 
 import torch
 
-from lorabench.precision import FP32, Precision
-from lorabench.quantization import Quantization
+from lorabench.loading.quantization import Quantization
+from lorabench.runtime.precision import FP32, Precision
 
 METHODS: dict[str, type["Method"]] = {}
 
 
 def register(name: str):
+    """Register a Method class under the type name configs write (``type: lora``); the registry is the one list
+    of method types: the workflow, the checks and the analysis's view of a type (``traits``) all read it."""
     def deco(cls):
         METHODS[name] = cls
+        cls.type_name = name
         return cls
 
     return deco
+
+
+class SettingError(ValueError):
+    """A method's setting does not fit its other settings or the model; ``key`` is the setting at fault (the
+    config check turns it into the config key, per model where a ``by_model`` override set it)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
 
 
 #: PEFT's name of the one adapter every method here trains: each adapter weight has it as a path segment
@@ -64,6 +76,18 @@ class Method:
     mergeable = False
     #: Config keys that shape training only, not the model's graph: FLOPs do not depend on them.
     training_only_params: tuple[str, ...] = ("lr", "lr_reason", "optimizer")
+    #: The registered name (set by ``register``).
+    type_name: str = ""
+    #: The registered type this one is a preset of, compared and drawn as its variant (QLoRA: LoRA on a 4-bit
+    #: base); None: its own family.
+    preset_of: str | None = None
+    #: True for types whose variants differ in the sparsity of their adapter weights: the figures and the
+    #: discussion put them on that axis, against the dense LoRA with the same adapter.
+    prunes_adapter = False
+    #: Figures only this type's runs have (beside every config's figures, lorabench.analysis.plots.FIGURES).
+    figures: tuple[str, ...] = ()
+    #: The type's colour in every figure (None: plotnine's palette picks one).
+    colour: str | None = None
 
     def __init__(self, name: str, params: dict, target_modules: list[str], precision: Precision = FP32,
                  inputs: dict | None = None):
@@ -84,6 +108,27 @@ class Method:
         Checked for every configured method before any job runs. Every method here trains in all three
         precisions; a method refuses the combinations its own settings contradict (a 4-bit compute dtype)."""
         return Quantization.from_params(params).precision_conflict(precision)
+
+    @classmethod
+    def check_settings(cls, params: dict, shape) -> None:
+        """Raise SettingError where ``params`` (schema-valid, defaults filled, merged for one model) contradict
+        each other or the model's ``shape`` (lorabench.loading.shapes.ModelShape; None where no snapshot tells
+        it). Checked for every configured method and model before any job runs; the plain case has nothing."""
+
+    @classmethod
+    def figures_of(cls, params: dict) -> tuple[str, ...]:
+        """The figures a config entry of this type adds: the type's own, and the bits figure where the entry
+        quantizes its base (the quantize axis is every adapter type's)."""
+        quantized = Quantization.from_params(params).quantized and "bits" not in cls.figures
+        return cls.figures + (("bits",) if quantized else ())
+
+    @classmethod
+    def traits(cls) -> dict:
+        """What the analysis knows of this type (it never imports the methods, which need torch): its family,
+        whether it trains, whether it prunes its adapter, its colour. The workflow passes these to the report
+        and figure jobs."""
+        return {"family": cls.preset_of or cls.type_name, "untrained": not cls.trains,
+                "prunes_adapter": cls.prunes_adapter, "colour": cls.colour}
 
     # --- model ---------------------------------------------------------------------------------
     def build(self, loader) -> torch.nn.Module:

@@ -11,6 +11,7 @@ from lorabench.methods.base import Method, register
 
 @register("full_ft")
 class FullFineTuning(Method):
+    colour = "#000000"
     saves_adapter = False
 
     def build(self, loader) -> torch.nn.Module:

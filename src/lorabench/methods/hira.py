@@ -11,6 +11,8 @@ from lorabench.methods.base import register
 
 @register("hira")
 class HiRA(AdapterMethod):
+    colour = "#8c564b"
+
     def peft_config(self, loader, model):
         from peft import HiraConfig
 

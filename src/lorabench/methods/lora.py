@@ -10,6 +10,8 @@ from lorabench.methods.base import register
 
 @register("lora")
 class LoRA(AdapterMethod):
+    colour = "#1f77b4"
+
     def peft_config(self, loader, model):
         from peft import LoraConfig
 
@@ -30,5 +32,8 @@ class LoRA(AdapterMethod):
 
 @register("qlora")
 class QLoRA(LoRA):
+    colour = "#2ca02c"
+    preset_of = "lora"
+    figures = ("bits",)
     """LoRA on a 4-bit NF4 base with double quantization and paged AdamW. The preset is nothing but the
     schema's defaults of type qlora (quantize, double_quant, optimizer); the code is LoRA's."""

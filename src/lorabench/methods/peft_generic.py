@@ -7,7 +7,7 @@ and save (modules_to_save), and the architecture's target modules where the mapp
 from __future__ import annotations
 
 from lorabench.methods.adapter import AdapterMethod, head_modules_present
-from lorabench.methods.base import register
+from lorabench.methods.base import SettingError, register
 
 #: Fields lorabench sets itself; a mapping that gives them is refused (they would contradict the task).
 MANAGED_FIELDS = ("task_type", "modules_to_save")
@@ -54,6 +54,17 @@ def make_peft_config(mapping: dict, target_modules: list[str] | None, task_type:
 
 @register("peft")
 class PeftAny(AdapterMethod):
+    colour = "#bcbd22"
+
+    @classmethod
+    def check_settings(cls, params: dict, shape) -> None:
+        """PEFT's own config class checks the mapping: its fields, types and messages are PEFT's."""
+        super().check_settings(params, shape)
+        try:
+            make_peft_config(params["peft_config"], None, None, None)
+        except PeftConfigError as err:
+            raise SettingError("peft_config", str(err)) from None
+
     def peft_config(self, loader, model):
         return make_peft_config(self.params["peft_config"], self.target_modules, loader.peft_task_type,
                                 head_modules_present(model, loader.head_modules) or None)

@@ -1,0 +1,65 @@
+"""results/summary.csv: one row per (dataset, model, method, seed), one column per metric, units in names."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from lorabench.analysis.convergence import tail_trend
+from lorabench.io import read_json
+
+ID_COLUMNS = ["dataset", "model_repo", "method", "method_type", "seed", "task", "train_split", "eval_split"]
+# Lists and nested records stay in the per-run JSON files; the summary keeps scalars. job_phases_s is where
+# each job's time went (benchmarks/pipeline_efficiency.py), not a property of the method.
+DROP = {"loss_curve", "epoch_times_s", "versions", "job_phases_s", "train_flops_per_token", "train_tokens_by_phase",
+        "adalora_layer_ranks"}
+
+
+def run_row(train_metrics: dict, eval_metrics: dict) -> dict:
+    row = {k: v for k, v in train_metrics.items() if k not in DROP}
+    row.update(eval_metrics)
+    row.update(tail_trend([point["loss"] for point in train_metrics.get("loss_curve", [])]))
+    versions = train_metrics.get("versions", {})
+    row["torch_version"] = versions.get("torch")
+    row["peft_version"] = versions.get("peft")
+    row["trainable_pct"] = 100.0 * row["trainable_params"] / row["total_params"]
+    return row
+
+
+def efficiency_table(efficiency_of: Mapping) -> pd.DataFrame:
+    """Latency, throughput, size, inference memory and FLOPs per (dataset, method), measured once per pair,
+    not per seed. ``efficiency_of``: "<dataset>/<method>" -> its results/efficiency JSON file; variants that
+    build the same model (an lr_grid's rates) share one file."""
+    rows = []
+    for pair, f in efficiency_of.items():
+        dataset, method = pair.split("/")
+        measured = {k: v for k, v in read_json(f).items() if k not in DROP}
+        rows.append({"dataset": dataset, "method": method, **measured})
+    return pd.DataFrame(rows)
+
+
+def summarize(train_files, eval_files, efficiency_of: Mapping | None = None) -> pd.DataFrame:
+    rows = []
+    for tf, ef in zip(sorted(map(str, train_files)), sorted(map(str, eval_files))):
+        if Path(tf).parent != Path(ef).parent:
+            raise ValueError(f"train and eval files do not pair up: {tf} vs {ef}")
+        rows.append(run_row(read_json(tf), read_json(ef)))
+    df = pd.DataFrame(rows)
+    if efficiency_of:
+        df = df.merge(efficiency_table(efficiency_of), on=["dataset", "method"], how="left",
+                      validate="many_to_one")
+        # fvcore's estimate of the whole run's training FLOPs (per-example forward+backward times examples seen),
+        # next to train_flops, which the training job counted from what it computed (torch's FLOP counter).
+        df["train_flops_estimate"] = df["train_flops_per_example"] * df["train_examples_seen"]
+    first = [c for c in ID_COLUMNS if c in df.columns]
+    df = df[first + sorted(c for c in df.columns if c not in first)]
+    return df.sort_values(["dataset", "method", "seed"]).reset_index(drop=True)
+
+
+def write_summary(train_files, eval_files, efficiency_of: Mapping, out_csv) -> pd.DataFrame:
+    df = summarize(train_files, eval_files, efficiency_of)
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_csv, index=False)
+    return df

@@ -1,0 +1,109 @@
+"""The tables the report is written from: per-method summaries over seeds, every method against the baseline
+(paired t over seeds, exact McNemar and a paired bootstrap on per-example predictions, Holm-adjusted), and how
+many seeds of each method had not converged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lorabench.analysis import stats
+from lorabench.analysis.convergence import NO_PROGRESS, STILL_FALLING, TOO_FEW
+from lorabench.analysis.metrics import primary_metric
+
+SUMMARY_METRICS = [
+    "accuracy", "macro_f1", "perplexity", "trainable_params", "adapter_params", "head_params", "total_params",
+    "train_time_s", "train_time_per_epoch_s", "train_tokens_per_s", "train_examples_per_s", "peak_train_mem_mb",
+    "peak_infer_mem_mb", "peak_infer_batch1_mem_mb", "load_peak_mem_mb", "param_bytes", "grad_bytes", "optimizer_state_bytes", "latency_ms",
+    "latency_p95_ms", "latency_merged_ms", "throughput_per_s",
+    "throughput_merged_per_s", "adapter_size_mb", "model_size_mb", "flops_per_example", "train_flops",
+    "device_hours", "cost_usd", "adapter_sparsity", "effective_rank",
+]
+
+
+def summary_by_method(summary: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in SUMMARY_METRICS if c in summary]
+    # The precision a method ran in is part of what it is measured as; grouping by it keeps runs of two
+    # precisions apart rather than averaging them.
+    keys = ["dataset", "task", "method"] + [k for k in ("method_type", "precision") if k in summary]
+    out = stats.describe(summary, keys, cols)
+    # Latency and throughput are timed once per (dataset, method), in rounds: their interval is over those
+    # rounds (carried in the summary), not over seeds, which all share the one measurement.
+    for c in cols:
+        low, high = f"{c}_ci95_low", f"{c}_ci95_high"
+        if low in summary and high in summary:
+            rounds = summary.groupby(keys, sort=True)[[low, high]].first().reset_index()
+            out = out.drop(columns=[low, high, f"{c}_std"], errors="ignore").merge(rounds, on=keys, how="left")
+    return out
+
+
+def _per_example(run_dir: Path, task: str) -> dict:
+    df = pd.read_csv(run_dir / "predictions.csv").sort_values("example_id")
+    if task == "classification":
+        return {"correct": (df["label"] == df["pred"]).to_numpy(float)}
+    return {"nll_sum": df["nll_sum"].to_numpy(float), "tokens": df["tokens"].to_numpy(float)}
+
+
+def _statistic(task: str):
+    if task == "classification":
+        return lambda d: d["correct"].mean()
+    return lambda d: float(np.exp(d["nll_sum"].sum() / d["tokens"].sum()))
+
+
+def significance(summary: pd.DataFrame, runs_dir, baseline: str, n_boot: int = 2000) -> pd.DataFrame:
+    """Every method against the baseline, per dataset: paired t over seeds, exact McNemar on the pooled
+    per-example predictions (classification), a paired bootstrap CI of the metric difference; Holm over
+    all comparisons of each test."""
+    runs_dir = Path(runs_dir)
+    rows = []
+    for dataset, g in summary.groupby("dataset"):
+        task = g["task"].iloc[0]
+        metric, _ = primary_metric(task)
+        base = g[g["method"] == baseline].set_index("seed")
+        if base.empty:
+            continue
+        for method in sorted(set(g["method"]) - {baseline}):
+            m = g[g["method"] == method].set_index("seed")
+            seeds = sorted(set(m.index) & set(base.index))
+            ex_m = [_per_example(runs_dir / dataset / method / f"seed{s}", task) for s in seeds]
+            ex_b = [_per_example(runs_dir / dataset / baseline / f"seed{s}", task) for s in seeds]
+            diff, lo, hi = stats.bootstrap_diff_ci(ex_m, ex_b, _statistic(task), n_boot=n_boot)
+            row = {
+                "dataset": dataset, "method": method, "baseline": baseline, "metric": metric, "n_seeds": len(seeds),
+                "method_mean": float(m.loc[seeds, metric].mean()), "baseline_mean": float(base.loc[seeds, metric].mean()),
+                "diff": diff, "diff_boot_ci95_low": lo, "diff_boot_ci95_high": hi,
+                "p_paired_t": stats.paired_t(m.loc[seeds, metric], base.loc[seeds, metric]),
+                "p_mcnemar_exact": np.nan, "mcnemar_only_method_right": np.nan, "mcnemar_only_baseline_right": np.nan,
+            }
+            if task == "classification":
+                p, only_m, only_b = stats.mcnemar_exact(np.concatenate([e["correct"] for e in ex_m]),
+                                                        np.concatenate([e["correct"] for e in ex_b]))
+                row.update(p_mcnemar_exact=p, mcnemar_only_method_right=only_m, mcnemar_only_baseline_right=only_b)
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["p_paired_t_holm"] = stats.holm(out["p_paired_t"])
+        out["p_mcnemar_exact_holm"] = stats.holm(out["p_mcnemar_exact"])
+    return out
+
+
+def convergence_table(summary: pd.DataFrame, untrained_types=()) -> pd.DataFrame:
+    """Per (dataset, method): how many seeds' training loss was still falling steeply at the end
+    (lorabench.analysis.convergence), the mean fall over the last tenth of steps, and the final loss."""
+    if "convergence" not in summary:
+        return pd.DataFrame()
+    if "method_type" in summary:  # the untrained base has no training loss
+        summary = summary[~summary["method_type"].isin(list(untrained_types))]
+    g = summary.groupby(["dataset", "method"], sort=True)
+    out = pd.DataFrame({
+        "seeds": g["seed"].nunique(),
+        "still_falling": g["convergence"].apply(lambda c: int((c == STILL_FALLING).sum())),
+        "no_progress": g["convergence"].apply(lambda c: int((c == NO_PROGRESS).sum())),
+        "too_few_steps": g["convergence"].apply(lambda c: int((c == TOO_FEW).sum())),
+        "loss_tail_drop_pct": 100.0 * g["loss_tail_drop_rel"].mean(),
+        "final_train_loss": g["final_train_loss"].mean(),
+        "train_steps": g["train_steps"].max(),
+    }).reset_index()
+    return out

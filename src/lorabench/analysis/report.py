@@ -1,0 +1,181 @@
+"""results/report.md, with results/summary_by_method.csv and results/significance.csv beside it: sentences and
+tables written from the comparisons (lorabench.analysis.comparisons), every number computed from the runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lorabench.analysis import stats
+from lorabench.analysis.comparisons import convergence_table, significance, summary_by_method
+from lorabench.analysis.convergence import MAX_P, STEEP_DROP, TAIL_FRACTION
+from lorabench.analysis.discussion import ci_text, discussion_lines, fmt_number
+from lorabench.analysis.metrics import primary_metric
+
+
+def _p(x) -> str:
+    return "n/a (too few seeds)" if pd.isna(x) else (f"{x:.2g}" if x >= 1e-4 else "< 1e-4")
+
+
+def tradeoff_sentences(by_method: pd.DataFrame, sig: pd.DataFrame, baseline: str, untrained_types=()) -> list[str]:
+    """Sentences computed from the numbers: memory, time and size relative to the baseline, with the metric cost
+    (the untrained base, of ``untrained_types``, is a level, not a method)."""
+    out = []
+    for dataset, g in by_method.groupby("dataset"):
+        task = g["task"].iloc[0]
+        metric, higher = primary_metric(task)
+        base = g[g["method"] == baseline]
+        if base.empty or f"{metric}_mean" not in g:
+            continue
+        b = base.iloc[0]
+        unit = "accuracy points" if task == "classification" else "perplexity"
+        scale = 100.0 if task == "classification" else 1.0
+        trained = g[(g["method"] != baseline) & ~g.get("method_type", g["method"]).isin(list(untrained_types))]
+        for _, r in trained.iterrows():
+            s = sig[(sig["dataset"] == dataset) & (sig["method"] == r["method"])] if not sig.empty else sig
+            p = s["p_paired_t_holm"].iloc[0] if not s.empty else np.nan
+            delta = scale * (r[f"{metric}_mean"] - b[f"{metric}_mean"])
+            mem = 100.0 * (r["peak_train_mem_mb_mean"] / b["peak_train_mem_mb_mean"] - 1)
+            tm = 100.0 * (r["train_time_s_mean"] / b["train_time_s_mean"] - 1)
+            ci = ""
+            if not pd.isna(r.get("peak_train_mem_mb_ci95_low")):
+                ci = (f" (its own 95% CI {r['peak_train_mem_mb_ci95_low']:.0f}-{r['peak_train_mem_mb_ci95_high']:.0f} MB"
+                      f" vs {b['peak_train_mem_mb_ci95_low']:.0f}-{b['peak_train_mem_mb_ci95_high']:.0f} MB)")
+            out.append(
+                f"**{dataset}**: {r['method']} {'cut' if mem < 0 else 'raised'} peak training memory by {abs(mem):.0f}%{ci} "
+                f"and took {abs(tm):.0f}% {'less' if tm < 0 else 'more'} training time than {baseline}, for "
+                f"{delta:+.2f} {unit} (Holm-adjusted paired t p = {_p(p)})."
+            )
+    return out
+
+
+def contextual_sparsity_sentences(summary: pd.DataFrame, reference: str = "lora") -> list[str]:
+    """SparseLoRA-style methods (those that report ``ffn_sparse_layers``) against plain LoRA (the method named
+    ``reference``, else the first variant of that type), per dataset: the
+    training step's speed-up (ratio of seconds per optimizer step, paired by seed), the counted training FLOPs
+    and the metric, each with its 95% interval over seeds."""
+    if reference not in set(summary["method"]) and "method_type" in summary:  # a variant of that type instead
+        variants = sorted(summary.loc[summary["method_type"] == reference, "method"].unique())
+        reference = variants[0] if variants else reference
+    if "ffn_sparse_layers" not in summary or reference not in set(summary["method"]):
+        return []
+    out = []
+    sparse_methods = sorted(summary.loc[summary["ffn_sparse_layers"].notna(), "method"].unique())
+    for dataset, g in summary.groupby("dataset"):
+        metric, _ = primary_metric(g["task"].iloc[0])
+        ref = g[g["method"] == reference].set_index("seed")
+        for method in sparse_methods:
+            m = g[g["method"] == method].set_index("seed")
+            seeds = sorted(set(m.index) & set(ref.index))
+            if not seeds or ref.empty:
+                continue
+            step = lambda d: d.loc[seeds, "train_time_s"] / d.loc[seeds, "train_steps"]  # noqa: E731
+            speed, _, s_lo, s_hi = stats.t_interval(step(ref) / step(m))
+            flops = float((m.loc[seeds, "train_flops"] / ref.loc[seeds, "train_flops"]).mean())
+            diff, _, d_lo, d_hi = stats.t_interval(m.loc[seeds, metric] - ref.loc[seeds, metric])
+            first = m.iloc[0]
+            heads = (f" and its attention heads {100 * first['attn_matmul_fraction']:.0f}% of theirs"
+                     if first.get("attn_sparse_layers", 0) > 0 else "")  # (averaged over all layers)
+            out.append(
+                f"**{dataset}**: {method} ({first['ffn_sparse_layers']:.0f} sparse layers; after "
+                f"{first['dense_warmup_steps']:.0f} dense warm-up steps its FFNs computed "
+                f"{100 * first['ffn_matmul_fraction']:.0f}% of their channels{heads}) trained {speed:.2f}x as fast per "
+                f"optimizer step as {reference}{ci_text(s_lo, s_hi)}, computing {flops:.2f}x its training FLOPs; "
+                f"{metric} {diff:+.3g} against {reference}{ci_text(d_lo, d_hi)}.")
+    return out
+
+
+def _precision_note(summary: pd.DataFrame) -> str:
+    """', in bf16 (config: auto)' etc.: the precision the runs trained, evaluated and were timed in."""
+    if "precision" not in summary:
+        return ""
+    ran = ", ".join(sorted(summary["precision"].dropna().unique()))
+    asked = (", ".join(sorted(summary["precision_requested"].dropna().unique()))
+             if "precision_requested" in summary else "?")
+    return f", forward passes in {ran} (config precision: {asked}; weights and optimizer state in fp32)"
+
+
+def _table(df: pd.DataFrame, cols: list[str]) -> str:
+    cols = [c for c in cols if c in df]
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    body = "".join("| " + " | ".join(fmt_number(v) if not isinstance(v, str) else v for v in r) + " |\n"
+                   for r in df[cols].itertuples(index=False))
+    return head + body
+
+
+def write_report(summary_csv, runs_dir, baseline: str, out_by_method, out_significance, out_md,
+                 traits: dict | None = None, figures=(), figures_dir="figures") -> None:
+    """The report and its two tables; ``traits`` are the method types' (Method.traits), ``figures`` the names
+    of the figures the plot job draws."""
+    traits = traits or {}
+    untrained = [kind for kind, v in traits.items() if v.get("untrained")]
+    summary = pd.read_csv(summary_csv)
+    by_method = summary_by_method(summary)
+    by_method.to_csv(out_by_method, index=False)
+    sig = significance(summary, runs_dir, baseline)
+    sig.to_csv(out_significance, index=False)
+    seeds = sorted(summary["seed"].unique())
+    lines = [
+        "# lorabench report", "",
+        f"Generated from `{Path(summary_csv).name}` ({len(summary)} runs: {summary['dataset'].nunique()} datasets, "
+        f"{summary['method'].nunique()} methods, seeds {', '.join(map(str, seeds))}) on "
+        f"{summary['device'].iloc[0]}{_precision_note(summary)}. Means over seeds with 95% t-intervals; every "
+        "number below is computed, none typed by hand. How each metric is measured: docs/methodology.md.", "",
+        "## Trade-offs against the baseline", "",
+        *[f"- {s}" for s in tradeoff_sentences(by_method, sig, baseline, untrained)], "",
+        *discussion_lines(summary, baseline, traits),
+        *_sparselora_section(summary),
+    ]
+    for dataset, g in by_method.groupby("dataset"):
+        metric, _ = primary_metric(g["task"].iloc[0])
+        lines += [f"## {dataset}", "", _table(g, ["method", "precision", "n", f"{metric}_mean", f"{metric}_ci95_low",
+                  f"{metric}_ci95_high", "trainable_params_mean", "peak_train_mem_mb_mean", "train_time_s_mean",
+                  "latency_ms_mean", "throughput_per_s_mean", "adapter_size_mb_mean", "flops_per_example_mean",
+                  "adapter_sparsity_mean", "cost_usd_mean"]), ""]
+    lines += _convergence_section(convergence_table(summary, untrained))
+    if not sig.empty:
+        lines += ["## Significance against " + baseline, "",
+                  "`p_paired_t`: paired t-test over seeds; `p_mcnemar_exact`: exact McNemar on per-example "
+                  "predictions pooled over seeds; `diff_boot_ci95_*`: paired bootstrap of examples; `*_holm`: "
+                  "Holm-adjusted over all comparisons.", "",
+                  _table(sig, ["dataset", "method", "metric", "n_seeds", "diff", "diff_boot_ci95_low",
+                               "diff_boot_ci95_high", "p_paired_t_holm", "p_mcnemar_exact_holm"]), ""]
+    reasons = summary.dropna(subset=["lr_reason"]).drop_duplicates("method") if "lr_reason" in summary else []
+    if len(reasons):
+        lines += ["## Learning rates that differ, and why", ""]
+        lines += [f"- {r.method}: lr {r.lr:g}: {r.lr_reason}" for r in reasons.itertuples()] + [""]
+    lines += ["## Figures", ""] + [f"![{f}]({figures_dir}/{f}.png)" for f in figures] + [""]
+    Path(out_md).write_text("\n".join(lines))
+
+
+def _sparselora_section(summary: pd.DataFrame) -> list[str]:
+    sparse = contextual_sparsity_sentences(summary)
+    if not sparse:
+        return []
+    return ["## Contextual sparsity (SparseLoRA) against LoRA", "",
+            "Step times come from each training job's own loop; the jobs ran one after another on a shared "
+            "machine, so the ratio carries that noise. benchmarks/sparselora_speed.py measures it with "
+            "both arms interleaved step by step in one process. Evaluation runs dense: the speed-up is a "
+            "training speed-up only.", "", *[f"- {s}" for s in sparse], ""]
+
+
+def _convergence_section(conv: pd.DataFrame) -> list[str]:
+    if conv.empty:
+        return []
+    flagged = conv[conv["still_falling"] > 0]
+    stuck = conv[conv["no_progress"] > 0]
+    return ["## Convergence", "",
+            f"A run is flagged 'still falling' when a straight line fitted to its training loss over the last "
+            f"{TAIL_FRACTION:.0%} of optimizer steps falls by {STEEP_DROP:.0%} or more of that stretch's mean "
+            f"loss, with a one-sided p < {MAX_P} (per-batch losses are noisy). Such a method had not converged: "
+            "a gap to it may close with more training. A run makes 'no progress' when its mean loss over that "
+            f"last stretch is within {STEEP_DROP:.0%} of its first stretch's: it learned little (a "
+            "classifier at chance stays near ln 2 = 0.69). The figure loss_curves shows every curve.", "",
+            ("Flagged: " + ", ".join(f"{r.method} on {r.dataset} ({r.still_falling} of {r.seeds} seeds)"
+                                     for r in flagged.itertuples()) + ".") if len(flagged)
+            else "No run was still falling steeply at its end.",
+            *([("No progress: " + ", ".join(f"{r.method} on {r.dataset} ({r.no_progress} of {r.seeds} seeds)"
+                                            for r in stuck.itertuples()) + ".")] if len(stuck) else []), "",
+            _table(conv, list(conv.columns)), ""]

@@ -1,0 +1,174 @@
+"""What the two torch jobs call with their slice of the config.
+
+- ``train_run``, one per (method, dataset, seed): train, save, then evaluate the model while it is still in
+  memory (metrics and per-example predictions).
+- ``efficiency_run``, one per (method, dataset): what does not depend on the seed or the learning rate,
+  measured once with repeated rounds: latency, throughput, deployed size, inference memory and FLOPs.
+
+Both record where their time went (``job_phases_s``), which benchmarks/pipeline_efficiency.py reads.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from lorabench.execution.evaluate import evaluate
+from lorabench.execution.settings import TrainingSettings
+from lorabench.execution.trainer import RunId, train, untrained_metrics
+from lorabench.io import atomic_dir, dir_size_mb, package_versions, read_json, write_json
+from lorabench.loading.data import EVAL, TRAIN, Collator, evaluated_split, load_tokenized
+from lorabench.loading.models import ModelLoader
+from lorabench.methods import build_method, count_parameters, method_type
+from lorabench.runtime.device import device_name, resolve_device, seed_everything, set_threads
+from lorabench.runtime.memory import PhaseMemory
+from lorabench.runtime.precision import resolve_precision
+
+
+class PhaseClock:
+    """Seconds per phase of this job, from the process's start (interpreter and imports = 'startup')."""
+
+    def __init__(self):
+        self.phases = {"startup": time.time() - psutil.Process().create_time()}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> float:
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self._last
+        self._last = now
+        return self.phases[phase]
+
+    def done(self) -> dict:
+        self.phases["total"] = time.time() - psutil.Process().create_time()
+        return dict(self.phases)
+
+
+def _setup(model_dir, dataset: dict, model_cfg: dict, method_name: str, method_params: dict, threads: int,
+           device: str, precision: str, method_inputs: dict | None = None):
+    set_threads(threads)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    loader = ModelLoader.for_dataset(model_dir, dataset, model_cfg)
+    method = build_method(method_name, method_params, loader.target_modules, prec, method_inputs)
+    return loader, method, dev, prec
+
+
+def _collator(loader: ModelLoader, mlm_probability: float) -> Collator:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(loader.model_dir)
+    return Collator(tok, masked_lm=loader.lm_kind == "masked", mlm_probability=mlm_probability)
+
+
+def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_metrics, out_predictions,
+              dataset_name: str, dataset: dict, model_cfg: dict, method_name: str, method_params: dict,
+              training: dict, evaluation: dict, seed: int, threads: int, device: str, precision: str = "fp32",
+              cost_per_device_hour: dict, checkpoint_dir=None, method_inputs: dict | None = None) -> dict:
+    """Train one (method, dataset, seed), save it, and evaluate the trained model without reloading it.
+    ``method_inputs`` are files the method reads by role (SparseLoRA: {"predictor": path})."""
+    clock = PhaseClock()
+    loader, method, dev, prec = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads, device,
+                                       precision, method_inputs)
+    memory = PhaseMemory(dev)  # imports every library first: no phase is charged for them
+    settings = TrainingSettings.from_dict(training)
+    seed_everything(seed)
+    model = method.build(loader)
+    load_peak = memory.stop()  # the load phase ends: relaxed until the first probe step (an untrained run evaluates)
+    counts = count_parameters(model, loader.head_modules)
+    rows = load_tokenized(tokenized_dir, TRAIN).to_list()
+    collator = _collator(loader, settings.mlm_probability)
+    run = RunId(method_name, dataset_name, seed)
+    clock.lap("load")
+    wall = time.perf_counter()
+    if method.trains:
+        result = train(model, method, rows, collator, settings, method_params["lr"], seed, dev, run, memory,
+                       checkpoint_dir, prec)
+    else:
+        result = untrained_metrics(model.to(dev), prec)
+    clock.lap("train_loop")
+    with atomic_dir(out_model_dir) as tmp:
+        method.save(model, tmp)
+    clock.lap("save")
+    hours = (time.perf_counter() - wall) / 3600  # device time of training (the evaluation below is not billed)
+
+    eval_rows = load_tokenized(tokenized_dir, EVAL).to_list()
+    start = time.perf_counter()
+    scores, per_example = evaluate(model, eval_rows, collator, dataset["task"], loader.lm_kind,
+                                   evaluation["batch_size"], evaluation["mask_seed"], dev, prec)
+    scores["eval_time_s"] = time.perf_counter() - start
+    scores["adapter_size_mb"] = dir_size_mb(out_model_dir)
+    clock.lap("evaluation")
+    Path(out_predictions).parent.mkdir(parents=True, exist_ok=True)
+    per_example.to_csv(out_predictions, index=False)
+    write_json(out_eval_metrics, scores)
+
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete; nothing left to resume
+    metrics = {
+        **result, **counts, **method.report(model),
+        "method": method_name, "method_type": method_type(method_name, method_params), "dataset": dataset_name,
+        "seed": seed, "model_repo": model_cfg["repo"],
+        "task": dataset["task"], "train_split": dataset["train_split"], "eval_split": evaluated_split(dataset),
+        "device": device_name(dev), "device_type": dev.type, "torch_threads": torch.get_num_threads(),
+        "device_hours": hours, "cost_usd": hours * cost_per_device_hour.get(dev.type, 0.0),
+        "lr_reason": method_params.get("lr_reason", ""), "versions": package_versions(),
+        "load_peak_mem_mb": load_peak, "memory_note": memory.note,
+        "job_phases_s": clock.done(),
+    }
+    write_json(out_metrics, metrics)  # last: its presence means the whole job completed
+    return metrics
+
+
+def efficiency_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_cfg: dict, method_name: str,
+                   method_params: dict, evaluation: dict, threads: int, device: str, precision: str = "fp32") -> dict:
+    """Latency, throughput, deployed size and inference memory of the method's model as deployed, and its FLOPs.
+
+    None of these depends on the trained values of the weights, only on the architecture, so they are
+    measured once per (method, dataset) on the model as built for seed 0, saved and loaded back the way a
+    trained run is deployed; a learning-rate change does not rerun this job."""
+    from lorabench.execution import flops
+    from lorabench.execution.inference import inference_memory, measure
+    from lorabench.loading.quantization import full_precision
+
+    clock = PhaseClock()
+    loader, method, dev, prec = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads, device,
+                                       precision)
+    memory = PhaseMemory(dev)
+    seed_everything(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        method.save(method.build(loader), tmp)
+        adapter_mb = dir_size_mb(tmp)
+        model = method.load_trained(loader, tmp).to(dev)
+    rows = load_tokenized(tokenized_dir, EVAL).to_list()
+    collator = _collator(loader, 0.15)
+    clock.lap("load")
+    memory_peaks = inference_memory(model, rows, collator, dev, evaluation["throughput_batch_size"], memory, prec)
+    result = measure(model, method, rows, collator, dev, evaluation["throughput_batch_size"],
+                     evaluation["latency_examples"], adapter_mb, evaluation["timing_repeats"], prec)
+    result.update(memory_peaks, memory_note=memory.note)
+    result["efficiency_precision"] = prec.name
+    del model
+    clock.lap("efficiency_timing")
+
+    # fvcore cannot trace a quantized model: it is counted as the same adapter on a full-precision base, whose
+    # matmuls are the ones a quantized layer computes after dequantizing.
+    quantized = method.quantization.quantized
+    if quantized:
+        method = build_method(method_name, full_precision(method_params), loader.target_modules, prec)
+    seed_everything(0)
+    meta = read_json(Path(tokenized_dir) / "meta.json")
+    result.update(flops.count(method.build(loader), meta["eval"]["mean_length"], meta["train"]["mean_length"],
+                              collator.vocab))
+    result["flops_counted_as"] = f"{method_name}, quantize: none" if quantized else method_name
+    result["flops_note"] = ("fvcore MACs x 2; scaled_dot_product_attention counted by a handle"
+                            + ("; the quantized base counted as the same architecture in full precision"
+                               if quantized else ""))
+    clock.lap("flops")
+    result["job_phases_s"] = clock.done()
+    write_json(out_json, result)
+    return result
