@@ -26,6 +26,7 @@ rule all:
         "results/summary_by_method.csv",
         "results/significance.csv",
         "results/report.md",
+        "results/explorer.html",
         expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "svg"]),
         ["results/lr_choice.csv"] if config.get("lr_grid") else [],
     default_target: True

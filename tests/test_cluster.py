@@ -26,7 +26,7 @@ def test_slurm_profile_is_complete():
     assert {"slurm_partition", "slurm_account", "runtime", "mem_mb"} <= set(defaults)
     for rule in ("train", "efficiency"):
         assert profile["set-resources"][rule]["gpu"] == 1
-    for rule in ("aggregate", "report", "plot"):
+    for rule in ("aggregate", "report", "plot", "explorer"):
         assert "gpu" not in profile["set-resources"].get(rule, {})
     rules = "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
     assert "localrules: fetch_model, fetch_dataset" in rules

@@ -103,7 +103,7 @@ def test_nothing_reruns_and_one_hyperparameter_reruns_only_its_method(smoke_run,
     assert len(trained) == len(cfg["datasets"]) * len(cfg["seeds"])
     assert not any(r in ("fetch_model", "fetch_dataset", "tokenize") for r, _ in jobs)
     # latency, size and FLOPs do not depend on the learning rate
-    assert {r for r, _ in jobs} <= {"train", "aggregate", "report", "plot", "all"}
+    assert {r for r, _ in jobs} <= {"train", "aggregate", "report", "plot", "explorer", "all"}
 
     cfg["methods"]["hira"]["r"] = cfg["methods"]["hira"]["r"] * 2  # the rank changes the graph
     reshaped = _planned_jobs(snakemake(smoke_run, write_config(tmp_path / "rank.yaml", cfg), "--dry-run", timeout=120))
@@ -145,7 +145,7 @@ def test_nothing_reruns_and_one_hyperparameter_reruns_only_its_method(smoke_run,
                                         timeout=120))
     trained = sorted(w for r, w in one_model if r == "train")
     assert trained == [f"dataset=wikitext2, method=sparselora, seed={s}" for s in cfg["seeds"]], trained
-    assert {r for r, _ in one_model} <= {"train", "aggregate", "report", "plot", "all"}
+    assert {r for r, _ in one_model} <= {"train", "aggregate", "report", "plot", "explorer", "all"}
 
 
 def test_precision_is_part_of_every_run(smoke_run, tmp_path):
@@ -252,6 +252,7 @@ def test_snakemake_html_report_builds(smoke_run, tmp_path):
     proc = snakemake(smoke_run, write_config(tmp_path / "c.yaml", smoke_config()), "--report", str(html), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert html.stat().st_size > 100_000
+    assert "explorer.html" in html.read_text()  # the report links the interactive explorer
 
 
 def test_pipeline_efficiency_accounts_for_the_smoke_run(smoke_run, capsys, monkeypatch):

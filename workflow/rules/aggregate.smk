@@ -61,6 +61,25 @@ rule plot:
         "../scripts/plot.py"
 
 
+# The summary as one interactive page that opens from disk (Bokeh, inline): any two metrics, the frontier.
+rule explorer:
+    input:
+        summary="results/summary.csv",
+        significance="results/significance.csv",
+    output:
+        html=report("results/explorer.html", caption="../report/explorer.rst", category="Explore"),
+    params:
+        baseline=config["baseline_method"],
+        traits=METHOD_TRAITS,
+        settings={m: {k: v for k, v in p.items() if k != "lr_reason"} for m, p in config["methods"].items()},
+    log:
+        "results/logs/explorer.log",
+    benchmark:
+        "results/benchmarks/explorer.tsv"
+    script:
+        "../scripts/explorer.py"
+
+
 # A learning-rate sweep (lr_grid): the held-out metric of every rate, and the rate chosen per dataset.
 rule lr_choice:
     input:
