@@ -71,7 +71,7 @@ rule explorer:
     params:
         baseline=config["baseline_method"],
         traits=METHOD_TRAITS,
-        settings={m: {k: v for k, v in p.items() if k != "lr_reason"} for m, p in config["methods"].items()},
+        settings=config["methods"],  # the page shows each entry's settings (explorer_rows picks them)
     log:
         "results/logs/explorer.log",
     benchmark:
