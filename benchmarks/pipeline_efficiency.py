@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-CATEGORIES = ["training loops", "evaluation", "efficiency timing", "FLOPs", "start-up and load", "everything else"]
+CATEGORIES = ["training loops", "evaluation", "efficiency timing", "FLOPs", "start-up and load", "tracking",
+              "everything else"]
 
 
 def job_times(results: Path) -> pd.DataFrame:
@@ -54,6 +55,7 @@ def phase_seconds(results: Path, jobs: pd.DataFrame) -> dict[str, float]:
         if phases:
             total["evaluation"] += phases["evaluation"]
             total["start-up and load"] += phases["startup"] + phases["load"]
+            total["tracking"] += phases.get("tracking", 0.0)  # with `tracking:` on: opening, final metrics
         else:  # older layout: the evaluation forward was timed by a separate evaluate job
             eval_json = train_json.parent / "eval_metrics.json"
             if eval_json.exists():

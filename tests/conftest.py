@@ -55,9 +55,11 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """The smoke config run once through Snakemake; returns the work directory."""
+    """The smoke config run once through Snakemake, logged to TensorBoard and MLflow (test_tracking.py reads
+    them back; tests that rerun it without tracking show that tracking reruns nothing); returns the work
+    directory."""
     workdir = tmp_path_factory.mktemp("smoke")
-    cfg = write_config(workdir / "smoke.yaml", smoke_config())
+    cfg = write_config(workdir / "smoke.yaml", {**smoke_config(), "tracking": ["tensorboard", "mlflow"]})
     proc = snakemake(workdir, cfg)
     if proc.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (workdir / "results" / "logs").rglob("*.log")

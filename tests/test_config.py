@@ -131,6 +131,7 @@ BAD_CONFIGS = [
      {"type": "peft", "lr": 1e-3, "peft_config": {"peft_type": "VERAA"}}, ["methods.vera.peft_config", "VERAA", "LOHA"]),
     ("a PEFT config without its type", "methods.vera", {"type": "peft", "lr": 1e-3, "peft_config": {"r": 8}},
      ["methods.vera.peft_config", "peft_type"]),
+    ("an unknown tracker", "tracking", ["neptune"], ["tracking", "neptune", "tensorboard"]),
 ]
 
 

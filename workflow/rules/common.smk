@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also when not pip-installed
 
 from lorabench.config import ConfigError, dataset_entry, dataset_training, method_params_on, sorted_keys
+from lorabench.config.tracking import export_trackers
 from lorabench.analysis.plots import figures_for
 from lorabench.methods import architecture_params, method_class, method_type, type_traits
 from lorabench.methods.checks import check_config
@@ -19,6 +20,7 @@ except ConfigError as err:
     # A clear one-line message and no traceback: the error names the key and what is allowed.
     print(f"lorabench: invalid configuration: {err}", file=sys.stderr)
     sys.exit(2)
+export_trackers(config["tracking"])  # to the training jobs, outside their params (config/tracking.py)
 # Key order carries no meaning: reordering a config file must not rerun anything (params compare in order).
 _canonical = sorted_keys(dict(config))
 config.clear()

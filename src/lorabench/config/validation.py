@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 
 from lorabench.config.schema import load_schema, method_defaults, method_settings
+from lorabench.config.tracking import INSTALL, TRACKERS, not_installed
 from lorabench.config.views import dataset_training
 from lorabench.io import snapshot_path
 
@@ -228,6 +229,15 @@ def _check_sources(config: dict) -> None:
         )
 
 
+def _check_trackers(config: dict) -> None:
+    missing = not_installed(config["tracking"])
+    if missing:
+        packages = " ".join(TRACKERS[name][1] for name in missing)
+        raise ConfigError(f"config key 'tracking': {', '.join(missing)} named but not installed; install the "
+                          f"trackers with {INSTALL} (or pip install {packages}), or remove "
+                          f"{'it' if len(missing) == 1 else 'them'} from 'tracking'")
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate against the schema, fill defaults, check cross-references; raise ConfigError naming the key."""
     schema = load_schema()
@@ -241,4 +251,5 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     _expand_lr_grid(config)
     _fill_defaults(config, schema)
     _semantic_checks(config)
+    _check_trackers(config)
     return config

@@ -18,8 +18,10 @@ from pathlib import Path
 import psutil
 import torch
 
+from lorabench.config.tracking import exported_trackers
 from lorabench.execution.evaluate import evaluate
 from lorabench.execution.settings import TrainingSettings
+from lorabench.execution.tracking import Tracking
 from lorabench.execution.trainer import RunId, train, untrained_metrics
 from lorabench.io import atomic_dir, dir_size_mb, package_versions, read_json, write_json
 from lorabench.loading.data import EVAL, TRAIN, Collator, evaluated_split, load_tokenized
@@ -68,60 +70,75 @@ def _collator(loader: ModelLoader, mlm_probability: float) -> Collator:
 def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_metrics, out_predictions,
               dataset_name: str, dataset: dict, model_cfg: dict, method_name: str, method_params: dict,
               training: dict, evaluation: dict, seed: int, threads: int, device: str, precision: str = "fp32",
-              cost_per_device_hour: dict, checkpoint_dir=None, method_inputs: dict | None = None) -> dict:
+              cost_per_device_hour: dict, checkpoint_dir=None, method_inputs: dict | None = None,
+              tracking=None, results_dir="results") -> dict:
     """Train one (method, dataset, seed), save it, and evaluate the trained model without reloading it.
-    ``method_inputs`` are files the method reads by role (SparseLoRA: {"predictor": path})."""
+    ``method_inputs`` are files the method reads by role (SparseLoRA: {"predictor": path}); ``tracking``
+    names the trackers the run is logged to, under ``results_dir`` (execution/tracking.py); by default those
+    the workflow exported from the config (config/tracking.py)."""
     clock = PhaseClock()
     loader, method, dev, prec = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads, device,
                                        precision, method_inputs)
     memory = PhaseMemory(dev)  # imports every library first: no phase is charged for them
-    settings = TrainingSettings.from_dict(training)
-    seed_everything(seed)
-    model = method.build(loader)
-    load_peak = memory.stop()  # the load phase ends: relaxed until the first probe step (an untrained run evaluates)
-    counts = count_parameters(model, loader.head_modules)
-    rows = load_tokenized(tokenized_dir, TRAIN).to_list()
-    collator = _collator(loader, settings.mlm_probability)
-    run = RunId(method_name, dataset_name, seed)
-    clock.lap("load")
-    wall = time.perf_counter()
-    if method.trains:
-        result = train(model, method, rows, collator, settings, method_params["lr"], seed, dev, run, memory,
-                       checkpoint_dir, prec)
-    else:
-        result = untrained_metrics(model.to(dev), prec)
-    clock.lap("train_loop")
-    with atomic_dir(out_model_dir) as tmp:
-        method.save(model, tmp)
-    clock.lap("save")
-    hours = (time.perf_counter() - wall) / 3600  # device time of training (the evaluation below is not billed)
+    config_slice = {"dataset": dataset_name, "method": method_name, "seed": seed, "dataset_settings": dataset,
+                    "model": model_cfg, "method_params": method_params, "training": training,
+                    "evaluation": evaluation, "device": device, "precision": precision}
+    tracking = exported_trackers() if tracking is None else tracking
+    tracker = Tracking(tracking, results_dir, f"{dataset_name}/{method_name}/seed{seed}", config_slice,
+                       {"device": device_name(dev), "device_type": dev.type, "precision": prec.name,
+                        "version": package_versions()}, checkpoint_dir)
+    clock.lap("tracking")
+    with tracker:  # closes the tracked runs, marked failed if the job fails
+        settings = TrainingSettings.from_dict(training)
+        seed_everything(seed)
+        model = method.build(loader)
+        load_peak = memory.stop()  # the load phase ends: relaxed until the first probe step (untrained: evaluation)
+        counts = count_parameters(model, loader.head_modules)
+        rows = load_tokenized(tokenized_dir, TRAIN).to_list()
+        collator = _collator(loader, settings.mlm_probability)
+        run = RunId(method_name, dataset_name, seed)
+        clock.lap("load")
+        wall = time.perf_counter()
+        if method.trains:
+            result = train(model, method, rows, collator, settings, method_params["lr"], seed, dev, run, memory,
+                           checkpoint_dir, prec, tracker)
+        else:
+            tracker.begin(0)
+            result = untrained_metrics(model.to(dev), prec)
+        clock.lap("train_loop")
+        with atomic_dir(out_model_dir) as tmp:
+            method.save(model, tmp)
+        clock.lap("save")
+        hours = (time.perf_counter() - wall) / 3600  # device time of training (the evaluation below is not billed)
 
-    eval_rows = load_tokenized(tokenized_dir, EVAL).to_list()
-    start = time.perf_counter()
-    scores, per_example = evaluate(model, eval_rows, collator, dataset["task"], loader.lm_kind,
-                                   evaluation["batch_size"], evaluation["mask_seed"], dev, prec)
-    scores["eval_time_s"] = time.perf_counter() - start
-    scores["adapter_size_mb"] = dir_size_mb(out_model_dir)
-    clock.lap("evaluation")
-    Path(out_predictions).parent.mkdir(parents=True, exist_ok=True)
-    per_example.to_csv(out_predictions, index=False)
-    write_json(out_eval_metrics, scores)
+        eval_rows = load_tokenized(tokenized_dir, EVAL).to_list()
+        start = time.perf_counter()
+        scores, per_example = evaluate(model, eval_rows, collator, dataset["task"], loader.lm_kind,
+                                       evaluation["batch_size"], evaluation["mask_seed"], dev, prec)
+        scores["eval_time_s"] = time.perf_counter() - start
+        scores["adapter_size_mb"] = dir_size_mb(out_model_dir)
+        clock.lap("evaluation")
+        Path(out_predictions).parent.mkdir(parents=True, exist_ok=True)
+        per_example.to_csv(out_predictions, index=False)
+        write_json(out_eval_metrics, scores)
 
-    if checkpoint_dir is not None:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete; nothing left to resume
-    metrics = {
-        **result, **counts, **method.report(model),
-        "method": method_name, "method_type": method_type(method_name, method_params), "dataset": dataset_name,
-        "seed": seed, "model_repo": model_cfg["repo"],
-        "task": dataset["task"], "train_split": dataset["train_split"], "eval_split": evaluated_split(dataset),
-        "device": device_name(dev), "device_type": dev.type, "torch_threads": torch.get_num_threads(),
-        "device_hours": hours, "cost_usd": hours * cost_per_device_hour.get(dev.type, 0.0),
-        "lr_reason": method_params.get("lr_reason", ""), "versions": package_versions(),
-        "load_peak_mem_mb": load_peak, "memory_note": memory.note,
-        "job_phases_s": clock.done(),
-    }
-    write_json(out_metrics, metrics)  # last: its presence means the whole job completed
-    return metrics
+        if checkpoint_dir is not None:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete; nothing left to resume
+        metrics = {
+            **result, **counts, **method.report(model),
+            "method": method_name, "method_type": method_type(method_name, method_params), "dataset": dataset_name,
+            "seed": seed, "model_repo": model_cfg["repo"],
+            "task": dataset["task"], "train_split": dataset["train_split"], "eval_split": evaluated_split(dataset),
+            "device": device_name(dev), "device_type": dev.type, "torch_threads": torch.get_num_threads(),
+            "device_hours": hours, "cost_usd": hours * cost_per_device_hour.get(dev.type, 0.0),
+            "lr_reason": method_params.get("lr_reason", ""), "versions": package_versions(),
+            "load_peak_mem_mb": load_peak, "memory_note": memory.note,
+        }
+        tracker.finish({**metrics, **scores})  # the summary row: training and evaluation
+        clock.lap("tracking")
+        metrics["job_phases_s"] = clock.done()
+        write_json(out_metrics, metrics)  # last: its presence means the whole job completed
+        return metrics
 
 
 def efficiency_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_cfg: dict, method_name: str,

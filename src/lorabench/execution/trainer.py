@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from lorabench.execution.flops import step_flops_per_token
 from lorabench.execution.settings import TrainingSettings
+from lorabench.execution.tracking import Tracking
 from lorabench.loading.data import calibration_batches, length_grouped_batches
 from lorabench.runtime.memory import PhaseMemory, stored_bytes
 from lorabench.runtime.precision import FP32, Precision
@@ -219,14 +220,15 @@ def memory_probe_batches(batches: list[list[int]], lengths: list[int], start: in
 
 def train(model, method, rows: list[dict], collator, settings: TrainingSettings, lr: float, seed: int,
           device: torch.device, run: RunId, memory: PhaseMemory | None = None, checkpoint_dir=None,
-          precision: Precision = FP32) -> dict:
+          precision: Precision = FP32, tracking: Tracking | None = None) -> dict:
     """Train ``model`` in place and return the training metrics of the run.
 
     The forward pass and the loss run under ``precision``'s autocast (none in fp32); trainable weights
     and optimizer state stay fp32. ``memory`` measures the loop's peak (``peak_train_mem_mb``; NaN without
     it) on the probe micro-batches of ``memory_probe_batches``. With ``checkpoint_dir`` and
     ``settings.checkpoint_every`` > 0, a checkpoint is written every that many optimizer steps and a rerun
-    resumes from it; the result equals an uninterrupted run on CPU.
+    resumes from it; the result equals an uninterrupted run on CPU. ``tracking`` receives the loss curve at
+    each checkpoint and at the end (execution/tracking.py); its time is not training time.
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -248,6 +250,8 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
         ckpt = Checkpointer(checkpoint_dir, settings.checkpoint_every, fingerprint)
     restored = ckpt.load(model, optimizer, scheduler, scaler, method, mask_gen) if ckpt else None
     progress = restored or Progress()
+    tracking = tracking or Tracking()
+    tracking.begin(progress.step)
     method.on_train_start(model, progress.step, total_steps, lambda: calibration_batches(rows, collator))
     # FLOPs per token do not depend on the batch size (the counter counts matmuls, linear in the rows), so two
     # rows of the first batch, at its padded width, are counted rather than a whole batch.
@@ -306,6 +310,8 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
                 progress.epoch_elapsed_s += now - epoch_start
                 segment_start = epoch_start = now
                 ckpt.save(model, optimizer, scheduler, scaler, method, mask_gen, progress)
+                logging_s = tracking.curve(progress.loss_curve)
+                segment_start, epoch_start = segment_start + logging_s, epoch_start + logging_s
         progress.epoch_times.append(progress.epoch_elapsed_s + time.perf_counter() - epoch_start)
         progress.epoch_elapsed_s = 0.0
         progress.epoch += 1
@@ -313,6 +319,7 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     method.finalize(model)
     train_time = progress.elapsed_s + time.perf_counter() - segment_start
     bar.close()
+    tracking.curve(progress.loss_curve)
     peak = max(probe_peaks) if probe_peaks else float("nan")
     return run_metrics(progress, train_time, peak, model, optimizer, lr, restored.step if restored else 0,
                        flops_per_token, precision, settings.gradient_checkpointing)
