@@ -131,6 +131,10 @@ BAD_CONFIGS = [
      {"type": "peft", "lr": 1e-3, "peft_config": {"peft_type": "VERAA"}}, ["methods.vera.peft_config", "VERAA", "LOHA"]),
     ("a PEFT config without its type", "methods.vera", {"type": "peft", "lr": 1e-3, "peft_config": {"r": 8}},
      ["methods.vera.peft_config", "peft_type"]),
+    ("a zero equivalence margin", "evaluation.equivalence_margin", {"accuracy": 0},
+     ["evaluation.equivalence_margin.accuracy", "0"]),
+    ("a negative equivalence margin", "evaluation.equivalence_margin", {"perplexity": -1.0},
+     ["evaluation.equivalence_margin.perplexity", "-1"]),
     ("an unknown tracker", "tracking", ["neptune"], ["tracking", "neptune", "tensorboard"]),
 ]
 

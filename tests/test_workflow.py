@@ -241,6 +241,10 @@ def test_statistics_report_and_figures(smoke_run):
     assert "**sst2**, sparse_lora_magnitude: Not enough data: lora ran one seed, so it has no interval." in report
     assert "qlora, nf4 base with double quantization against lora: accuracy" in report
     assert "(Not enough data: fewer than two shared seeds, no interval, no test)" in report
+    # one seed resolves nothing: every comparison is 'unresolved', and the report says so, never "no difference"
+    assert set(sig["verdict"]) == {"unresolved"} and {"mde", "seeds_to_resolve", "mde_mcnemar"} <= set(sig.columns)
+    assert f"0 differs, 0 equivalent, {len(sig)} unresolved of {len(sig)} comparisons" in report
+    assert "unresolved, not 'no difference'" in report and "no difference shown" not in report
     for f in FIGURES:
         for ext in ("png", "svg"):
             assert (res / "figures" / f"{f}.{ext}").stat().st_size > 1000, f

@@ -29,6 +29,7 @@ rule report:
         report_md="results/report.md",
     params:
         baseline=config["baseline_method"],
+        margins=config["evaluation"]["equivalence_margin"],
         runs_dir="results/runs",
         traits=METHOD_TRAITS,
         figures=FIGURES,

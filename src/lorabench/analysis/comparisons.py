@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from lorabench.analysis import stats
-from lorabench.analysis.convergence import NO_PROGRESS, STILL_FALLING, TOO_FEW
+from lorabench.analysis.convergence import NO_PROGRESS, STILL_FALLING, TOO_FEW, TOO_SHORT
 from lorabench.analysis.metrics import primary_metric
 
 SUMMARY_METRICS = [
@@ -52,10 +52,12 @@ def _statistic(task: str):
     return lambda d: float(np.exp(d["nll_sum"].sum() / d["tokens"].sum()))
 
 
-def significance(summary: pd.DataFrame, runs_dir, baseline: str, n_boot: int = 2000) -> pd.DataFrame:
+def significance(summary: pd.DataFrame, runs_dir, baseline: str, margins: dict | None = None,
+                 n_boot: int = 2000) -> pd.DataFrame:
     """Every method against the baseline, per dataset: paired t over seeds, exact McNemar on the pooled
     per-example predictions (classification), a paired bootstrap CI of the metric difference; Holm over
-    all comparisons of each test."""
+    all comparisons of each test. Each comparison gets its resolution (``resolution``): the MDE, and a
+    verdict against ``margins`` (metric -> equivalence margin)."""
     runs_dir = Path(runs_dir)
     rows = []
     for dataset, g in summary.groupby("dataset"):
@@ -72,6 +74,7 @@ def significance(summary: pd.DataFrame, runs_dir, baseline: str, n_boot: int = 2
             diff, lo, hi = stats.bootstrap_diff_ci(ex_m, ex_b, _statistic(task), n_boot=n_boot)
             row = {
                 "dataset": dataset, "method": method, "baseline": baseline, "metric": metric, "n_seeds": len(seeds),
+                "seed_diffs": (m.loc[seeds, metric] - base.loc[seeds, metric]).to_numpy(float),
                 "method_mean": float(m.loc[seeds, metric].mean()), "baseline_mean": float(base.loc[seeds, metric].mean()),
                 "diff": diff, "diff_boot_ci95_low": lo, "diff_boot_ci95_high": hi,
                 "p_paired_t": stats.paired_t(m.loc[seeds, metric], base.loc[seeds, metric]),
@@ -80,12 +83,40 @@ def significance(summary: pd.DataFrame, runs_dir, baseline: str, n_boot: int = 2
             if task == "classification":
                 p, only_m, only_b = stats.mcnemar_exact(np.concatenate([e["correct"] for e in ex_m]),
                                                         np.concatenate([e["correct"] for e in ex_b]))
-                row.update(p_mcnemar_exact=p, mcnemar_only_method_right=only_m, mcnemar_only_baseline_right=only_b)
+                row.update(p_mcnemar_exact=p, mcnemar_only_method_right=only_m, mcnemar_only_baseline_right=only_b,
+                           examples_pooled=sum(len(e["correct"]) for e in ex_m))
             rows.append(row)
     out = pd.DataFrame(rows)
     if not out.empty:
         out["p_paired_t_holm"] = stats.holm(out["p_paired_t"])
         out["p_mcnemar_exact_holm"] = stats.holm(out["p_mcnemar_exact"])
+        out = pd.concat([out, out.apply(lambda r: pd.Series(resolution(r, margins or {})), axis=1)], axis=1)
+        out = out.drop(columns="seed_diffs")
+    return out
+
+
+def resolution(row, margins: dict) -> dict:
+    """What one comparison could resolve. Over seeds (the verdict's test): ``verdict`` (differs, equivalent
+    or unresolved; stats.verdict), the 90% interval of the mean difference that decides equivalence, ``mde``
+    (the smallest difference the paired t-test detects at 80% power and alpha 0.05 with the observed spread)
+    and ``seeds_to_resolve`` (about how many seeds would detect a difference of the observed size). Over
+    examples (classification): McNemar's ``mde_mcnemar`` at the pooled examples and the observed rate of
+    examples only one method gets right, and ``examples_to_resolve`` for the observed difference."""
+    diffs = row["seed_diffs"]
+    sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else np.nan
+    margin = margins.get(row["metric"], np.nan)
+    lo, hi = stats.tost_interval(diffs)
+    out = {"diff_seed_ci90_low": lo, "diff_seed_ci90_high": hi, "equivalence_margin": margin,
+           "mde": stats.paired_t_mde(sd, len(diffs)),
+           "seeds_to_resolve": stats.seeds_to_resolve(sd, float(np.mean(diffs)) if len(diffs) else np.nan),
+           "verdict": stats.verdict(row["p_paired_t_holm"], (lo, hi), margin),
+           "mde_mcnemar": np.nan, "examples_to_resolve": np.nan}
+    pooled = row.get("examples_pooled", np.nan)
+    if np.isfinite(pooled) and pooled > 0:
+        only_m, only_b = row["mcnemar_only_method_right"], row["mcnemar_only_baseline_right"]
+        rate = (only_m + only_b) / pooled
+        out["mde_mcnemar"] = stats.mcnemar_mde(rate, int(pooled))
+        out["examples_to_resolve"] = stats.mcnemar_examples_needed(rate, (only_m - only_b) / pooled)
     return out
 
 
@@ -101,6 +132,7 @@ def convergence_table(summary: pd.DataFrame, untrained_types=()) -> pd.DataFrame
         "seeds": g["seed"].nunique(),
         "still_falling": g["convergence"].apply(lambda c: int((c == STILL_FALLING).sum())),
         "no_progress": g["convergence"].apply(lambda c: int((c == NO_PROGRESS).sum())),
+        "too_short_to_judge": g["convergence"].apply(lambda c: int((c == TOO_SHORT).sum())),
         "too_few_steps": g["convergence"].apply(lambda c: int((c == TOO_FEW).sum())),
         "loss_tail_drop_pct": 100.0 * g["loss_tail_drop_rel"].mean(),
         "final_train_loss": g["final_train_loss"].mean(),

@@ -19,33 +19,43 @@ MAX_P = 0.05
 STILL_FALLING = "still falling"
 NO_PROGRESS = "no progress"
 LEVELLED = "levelled off"
+TOO_SHORT = "too short to judge"
 TOO_FEW = "too few steps"
 
 
 def tail_trend(losses: Sequence[float]) -> dict:
     """``loss_tail_drop_rel`` (the least-squares fit's fall over the tail, as a fraction of the tail's mean loss;
-    negative when the loss rises), ``loss_tail_p`` (one-sided p of a falling slope) and ``convergence``: one of
-    'still falling', 'no progress' (the tail's mean loss is within STEEP_DROP of the first tenth's: a flat curve
-    that never left its start, such as a classifier stuck at chance), 'levelled off', 'too few steps'."""
+    negative when the loss rises), ``loss_tail_drop_rel_upper`` (the upper end of its one-sided 95% interval:
+    the steepest fall the tail does not rule out), ``loss_tail_p`` (one-sided p of a falling slope) and
+    ``convergence``: one of 'still falling', 'no progress' (the tail's mean loss is within STEEP_DROP of the
+    first tenth's: a flat curve that never left its start, such as a classifier stuck at chance), 'levelled
+    off' (positive evidence: the interval rules out a fall of STEEP_DROP), 'too short to judge' (it does not:
+    too few or too noisy steps to tell a levelled loss from a falling one), 'too few steps'."""
     from scipy import stats
 
     losses = [float(x) for x in losses if math.isfinite(float(x))]
     n = len(losses)
     if n < 2 * MIN_TAIL_STEPS:
-        return {"loss_tail_drop_rel": float("nan"), "loss_tail_p": float("nan"), "convergence": TOO_FEW}
+        return {"loss_tail_drop_rel": float("nan"), "loss_tail_drop_rel_upper": float("nan"),
+                "loss_tail_p": float("nan"), "convergence": TOO_FEW}
     k = max(MIN_TAIL_STEPS, math.ceil(TAIL_FRACTION * n))
     tail = losses[-k:]
     fit = stats.linregress(range(k), tail, alternative="less")
     mean = sum(tail) / k
     drop = -fit.slope * (k - 1) / mean if mean > 0 else float("nan")
+    steepest = fit.slope - stats.t.ppf(1 - MAX_P, k - 2) * fit.stderr  # one-sided 95% bound of the slope
+    upper = -steepest * (k - 1) / mean if mean > 0 else float("nan")
     head = sum(losses[:k]) / k
     if drop >= STEEP_DROP and fit.pvalue < MAX_P:
         verdict = STILL_FALLING
     elif head - mean < STEEP_DROP * head:
         verdict = NO_PROGRESS
-    else:
+    elif upper < STEEP_DROP:
         verdict = LEVELLED
-    return {"loss_tail_drop_rel": drop, "loss_tail_p": float(fit.pvalue), "convergence": verdict}
+    else:
+        verdict = TOO_SHORT
+    return {"loss_tail_drop_rel": drop, "loss_tail_drop_rel_upper": upper, "loss_tail_p": float(fit.pvalue),
+            "convergence": verdict}
 
 
 def smoothed(losses: Sequence[float], window: int | None = None) -> list[float]:

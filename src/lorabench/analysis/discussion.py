@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from lorabench.analysis import stats
-from lorabench.analysis.convergence import NO_PROGRESS, STILL_FALLING, TAIL_FRACTION, TOO_FEW
+from lorabench.analysis.convergence import NO_PROGRESS, STEEP_DROP, STILL_FALLING, TAIL_FRACTION, TOO_FEW, TOO_SHORT
 from lorabench.analysis.metrics import primary_metric, variant_columns
 
 NOT_ENOUGH = "Not enough data"
@@ -48,6 +48,22 @@ def _paired(a: pd.Series, b: pd.Series) -> tuple[str, float, float]:
     return f"{mean:+.3g} (95% CI {lo:+.3g} to {hi:+.3g}; {test}; {len(seeds)} seeds)", mean, p
 
 
+def _verdict(a: pd.Series, b: pd.Series, margin: float = float("nan")) -> str:
+    """The verdict on a - b over the seeds both have (stats.verdict, unadjusted: one comparison): 'differs',
+    'equivalent within +-margin', or 'unresolved' with the smallest difference these seeds could detect."""
+    seeds = sorted(set(a.index) & set(b.index))
+    diffs = (a.loc[seeds] - b.loc[seeds]).to_numpy(float)
+    if len(seeds) < 2:
+        return "unresolved (fewer than two shared seeds)"
+    verdict = stats.verdict(stats.paired_t(a.loc[seeds], b.loc[seeds]), stats.tost_interval(diffs), margin)
+    if verdict == "equivalent":
+        return f"equivalent within +-{fmt_number(margin)}"
+    if verdict == "unresolved":
+        mde = stats.paired_t_mde(float(np.std(diffs, ddof=1)), len(seeds))
+        return f"unresolved, not 'no difference' (the smallest difference these seeds could detect: {fmt_number(mde)})"
+    return verdict
+
+
 def _label(row) -> str:
     return f"{row.method} ({row.method_type})" if row.method != row.method_type else row.method
 
@@ -56,10 +72,15 @@ class Runs:
     """The summary, with what matching variants needs: family, quantized or not, per-seed series. The untrained
     base's rows are kept apart (``untrained``): it is a level to measure training against, not a method."""
 
-    def __init__(self, summary: pd.DataFrame, baseline: str, traits: dict):
+    def __init__(self, summary: pd.DataFrame, baseline: str, traits: dict, margins: dict | None = None):
         df = variant_columns(summary, traits)
         is_base = df["untrained"]
         self.df, self.untrained, self.baseline = df[~is_base], df[is_base], baseline
+        self.margins = margins or {}
+
+    def margin(self, metric: str) -> float:
+        """The equivalence margin of a metric (evaluation.equivalence_margin); NaN where none is set."""
+        return self.margins.get(metric, float("nan"))
 
     def datasets(self):
         for dataset, g in self.df.groupby("dataset", sort=True):
@@ -198,9 +219,11 @@ def rank_findings(runs: Runs) -> list[str]:
                 out.append(f"**{dataset}**: {row.method}: {NOT_ENOUGH}: no LoRA variant with its "
                            f"{fmt_number(row.adapter_params)} adapter parameters.")
                 continue
-            diff, mean, p = _paired(runs.series(g, row.method, metric), runs.series(g, ref, metric))
-            verdict = ("no difference shown at 0.05" if pd.isna(p) or p >= 0.05 else
-                       f"HiRA {'better' if (mean > 0) == higher else 'worse'} at 0.05")
+            a, b = runs.series(g, row.method, metric), runs.series(g, ref, metric)
+            diff, mean, p = _paired(a, b)
+            verdict = _verdict(a, b, runs.margin(metric))
+            if verdict == "differs":
+                verdict = f"differs: HiRA {'better' if (mean > 0) == higher else 'worse'} at 0.05"
             out.append(f"**{dataset}**: {row.method} against {ref} at {fmt_number(row.adapter_params)} adapter parameters "
                        f"each: {metric} {diff}: {verdict}.")
     return out or [f"{NOT_ENOUGH}: no HiRA variant ran on a full-precision base."]
@@ -241,9 +264,10 @@ def excels_findings(runs: Runs) -> list[str]:
             text = f"{label}: **{best}** {_with_ci(runs.series(g, best, column))}"
             if len(means) > 1:
                 second = means.index[1]
-                _, _, p = _paired(runs.series(g, best, column), runs.series(g, second, column))
+                a, b = runs.series(g, best, column), runs.series(g, second, column)
+                _, _, p = _paired(a, b)
                 lead = ("a lead the seeds cannot test" if pd.isna(p) else
-                        f"ahead of {second} (paired t p = {p:.2g}{'' if p < 0.05 else ', not significant'})")
+                        f"ahead of {second} (paired t p = {p:.2g}: {_verdict(a, b, runs.margin(column))})")
                 text += f", {lead}"
             parts.append(text)
         if "throughput_per_s" in g and g["throughput_per_s"].notna().any():
@@ -278,10 +302,16 @@ def convergence_limits(df: pd.DataFrame) -> list[str]:
             out.append(f"**{dataset}** ({steps}): the training loss of {', '.join(falling)} was still falling "
                        f"steeply over the last {TAIL_FRACTION:.0%} of steps in at least one seed (see Convergence), "
                        "so a gap to them may close with more training: it is not shown to be a gap between methods.")
-        elif not stuck:
+        unsure = sorted(m for m, h in g.groupby("method") if (h["convergence"].isin([TOO_SHORT, TOO_FEW])).any())
+        if unsure and not (g["convergence"] == TOO_FEW).all():
+            out.append(f"**{dataset}** ({steps}): whether the loss of {', '.join(unsure)} had levelled off cannot "
+                       f"be told in at least one seed: over the last {TAIL_FRACTION:.0%} of steps its trend does "
+                       f"not rule out a fall of {STEEP_DROP:.0%} or more (too short to judge), so a gap to them may "
+                       "still close with more training.")
+        elif not stuck and not falling and not (g["convergence"] == TOO_FEW).all():
             out.append(f"**{dataset}** ({steps}): every variant's loss had levelled off over its last "
-                       f"{TAIL_FRACTION:.0%} of steps; a method that would overtake after much longer training is "
-                       "not ruled out.")
+                       f"{TAIL_FRACTION:.0%} of steps (its trend rules out a fall of {STEEP_DROP:.0%}); a method "
+                       "that would overtake after much longer training is not ruled out.")
     return out
 
 
@@ -300,9 +330,10 @@ def limits(runs: Runs) -> list[str]:
     return out
 
 
-def discussion_lines(summary: pd.DataFrame, baseline: str, traits: dict) -> list[str]:
-    """The report's Discussion; ``traits`` are the method types' (Method.traits)."""
-    runs = Runs(summary, baseline, traits)
+def discussion_lines(summary: pd.DataFrame, baseline: str, traits: dict, margins: dict | None = None) -> list[str]:
+    """The report's Discussion; ``traits`` are the method types' (Method.traits), ``margins`` the equivalence
+    margin per metric."""
+    runs = Runs(summary, baseline, traits, margins)
     sections = [
         ("Did training move the metric? (against the untrained base)", training_findings(runs)),
         ("What does adapter sparsity cost?", sparsity_findings(runs)),

@@ -56,7 +56,8 @@ def _verdicts(significance: pd.DataFrame, baseline: str) -> dict:
     out = {}
     for r in significance.to_dict("records"):
         if "verdict" in r and isinstance(r["verdict"], str):
-            text = f"{r['verdict']} against {baseline} (difference {r['diff']:+.4g})"
+            mde = f", MDE {r['mde']:.3g}" if _finite(r.get("mde")) is not None else ""
+            text = f"{r['verdict']} against {baseline} (difference {r['diff']:+.4g}{mde})"
         else:
             ps = [f"{name} p = {r[col]:.3g}" for name, col in (("paired t", "p_paired_t_holm"),
                                                                  ("McNemar", "p_mcnemar_exact_holm"))

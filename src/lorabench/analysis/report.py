@@ -36,6 +36,7 @@ def tradeoff_sentences(by_method: pd.DataFrame, sig: pd.DataFrame, baseline: str
         for _, r in trained.iterrows():
             s = sig[(sig["dataset"] == dataset) & (sig["method"] == r["method"])] if not sig.empty else sig
             p = s["p_paired_t_holm"].iloc[0] if not s.empty else np.nan
+            verdict = _verdict_text(s.iloc[0], scale, unit) if not s.empty and "verdict" in s else ""
             delta = scale * (r[f"{metric}_mean"] - b[f"{metric}_mean"])
             mem = 100.0 * (r["peak_train_mem_mb_mean"] / b["peak_train_mem_mb_mean"] - 1)
             tm = 100.0 * (r["train_time_s_mean"] / b["train_time_s_mean"] - 1)
@@ -46,7 +47,7 @@ def tradeoff_sentences(by_method: pd.DataFrame, sig: pd.DataFrame, baseline: str
             out.append(
                 f"**{dataset}**: {r['method']} {'cut' if mem < 0 else 'raised'} peak training memory by {abs(mem):.0f}%{ci} "
                 f"and took {abs(tm):.0f}% {'less' if tm < 0 else 'more'} training time than {baseline}, for "
-                f"{delta:+.2f} {unit} (Holm-adjusted paired t p = {_p(p)})."
+                f"{delta:+.2f} {unit} (Holm-adjusted paired t p = {_p(p)}){verdict}."
             )
     return out
 
@@ -105,16 +106,53 @@ def _table(df: pd.DataFrame, cols: list[str]) -> str:
     return head + body
 
 
+def _verdict_text(r, scale: float, unit: str) -> str:
+    """': <verdict>' with what qualifies it: the MDE where unresolved, the margin where equivalent."""
+    if r["verdict"] == "unresolved":
+        mde = "undefined with fewer than two seeds" if pd.isna(r["mde"]) else f"{scale * r['mde']:.2f} {unit}"
+        return f": unresolved, not 'no difference' (the smallest difference these seeds could detect: {mde})"
+    if r["verdict"] == "equivalent":
+        return f": equivalent within +-{scale * r['equivalence_margin']:.2f} {unit}"
+    return ": differs"
+
+
+def resolution_lines(sig: pd.DataFrame) -> list[str]:
+    """The Significance section's account of what the tests could and could not resolve."""
+    if "verdict" not in sig:
+        return []
+    counts = sig["verdict"].value_counts()
+    lines = [f"Verdicts: {', '.join(f'{counts.get(v, 0)} {v}' for v in ('differs', 'equivalent', 'unresolved'))} "
+             f"of {len(sig)} comparisons. 'differs': Holm-adjusted paired t p < 0.05 over seeds; 'equivalent': the "
+             "90% interval of the mean difference over seeds lies inside +-`evaluation.equivalence_margin` (two "
+             "one-sided tests at 0.05); 'unresolved': neither, so a difference smaller than the MDE may be there "
+             "or not. `mde`: the smallest difference the paired t-test detects at 80% power and alpha 0.05 with the "
+             "observed spread over seeds; `mde_mcnemar`: the same for McNemar's test on the pooled eval examples.", ""]
+    for r in sig[sig["verdict"] == "unresolved"].itertuples():
+        scale, unit = (100.0, "points") if r.metric in ("accuracy", "macro_f1") else (1.0, r.metric)
+        need = []
+        if pd.notna(r.seeds_to_resolve):
+            need.append(f"about {r.seeds_to_resolve:.0f} seeds (paired t)")
+        if pd.notna(getattr(r, "examples_to_resolve", np.nan)):
+            need.append(f"about {r.examples_to_resolve:,.0f} eval examples pooled over seeds (McNemar; "
+                        f"{r.examples_pooled:,.0f} now)")
+        mde = "n/a" if pd.isna(r.mde) else f"{scale * r.mde:.2f} {unit}"
+        lines.append(f"- {r.method} on {r.dataset}: difference {scale * r.diff:+.2f} {unit}, MDE {mde}; "
+                     + (f"a difference of this size would need {' or '.join(need)}."
+                        if need else "too few seeds to say how many more would resolve it."))
+    return lines + [""]
+
+
 def write_report(summary_csv, runs_dir, baseline: str, out_by_method, out_significance, out_md,
-                 traits: dict | None = None, figures=(), figures_dir="figures") -> None:
+                 traits: dict | None = None, figures=(), figures_dir="figures", margins: dict | None = None) -> None:
     """The report and its two tables; ``traits`` are the method types' (Method.traits), ``figures`` the names
-    of the figures the plot job draws."""
+    of the figures the plot job draws, ``margins`` the equivalence margin per metric (significance.csv's
+    verdicts)."""
     traits = traits or {}
     untrained = [kind for kind, v in traits.items() if v.get("untrained")]
     summary = pd.read_csv(summary_csv)
     by_method = summary_by_method(summary)
     by_method.to_csv(out_by_method, index=False)
-    sig = significance(summary, runs_dir, baseline)
+    sig = significance(summary, runs_dir, baseline, margins)
     sig.to_csv(out_significance, index=False)
     seeds = sorted(summary["seed"].unique())
     lines = [
@@ -125,7 +163,7 @@ def write_report(summary_csv, runs_dir, baseline: str, out_by_method, out_signif
         "number below is computed, none typed by hand. How each metric is measured: docs/methodology.md.", "",
         "## Trade-offs against the baseline", "",
         *[f"- {s}" for s in tradeoff_sentences(by_method, sig, baseline, untrained)], "",
-        *discussion_lines(summary, baseline, traits),
+        *discussion_lines(summary, baseline, traits, margins),
         *_sparselora_section(summary),
     ]
     for dataset, g in by_method.groupby("dataset"):
@@ -139,9 +177,10 @@ def write_report(summary_csv, runs_dir, baseline: str, out_by_method, out_signif
         lines += ["## Significance against " + baseline, "",
                   "`p_paired_t`: paired t-test over seeds; `p_mcnemar_exact`: exact McNemar on per-example "
                   "predictions pooled over seeds; `diff_boot_ci95_*`: paired bootstrap of examples; `*_holm`: "
-                  "Holm-adjusted over all comparisons.", "",
+                  "Holm-adjusted over all comparisons.", "", *resolution_lines(sig),
                   _table(sig, ["dataset", "method", "metric", "n_seeds", "diff", "diff_boot_ci95_low",
-                               "diff_boot_ci95_high", "p_paired_t_holm", "p_mcnemar_exact_holm"]), ""]
+                               "diff_boot_ci95_high", "p_paired_t_holm", "p_mcnemar_exact_holm", "verdict", "mde",
+                               "mde_mcnemar"]), ""]
     reasons = summary.dropna(subset=["lr_reason"]).drop_duplicates("method") if "lr_reason" in summary else []
     if len(reasons):
         lines += ["## Learning rates that differ, and why", ""]
@@ -166,16 +205,23 @@ def _convergence_section(conv: pd.DataFrame) -> list[str]:
         return []
     flagged = conv[conv["still_falling"] > 0]
     stuck = conv[conv["no_progress"] > 0]
+    unsure = conv[conv["too_short_to_judge"] > 0]
     return ["## Convergence", "",
             f"A run is flagged 'still falling' when a straight line fitted to its training loss over the last "
             f"{TAIL_FRACTION:.0%} of optimizer steps falls by {STEEP_DROP:.0%} or more of that stretch's mean "
             f"loss, with a one-sided p < {MAX_P} (per-batch losses are noisy). Such a method had not converged: "
             "a gap to it may close with more training. A run makes 'no progress' when its mean loss over that "
             f"last stretch is within {STEEP_DROP:.0%} of its first stretch's: it learned little (a "
-            "classifier at chance stays near ln 2 = 0.69). The figure loss_curves shows every curve.", "",
+            "classifier at chance stays near ln 2 = 0.69). A run has 'levelled off' only on positive evidence: "
+            f"the one-sided 95% interval of that line's fall excludes a fall of {STEEP_DROP:.0%}; where it does "
+            "not, the run is 'too short to judge' (too few or too noisy steps). The figure loss_curves shows "
+            "every curve.", "",
             ("Flagged: " + ", ".join(f"{r.method} on {r.dataset} ({r.still_falling} of {r.seeds} seeds)"
                                      for r in flagged.itertuples()) + ".") if len(flagged)
             else "No run was still falling steeply at its end.",
             *([("No progress: " + ", ".join(f"{r.method} on {r.dataset} ({r.no_progress} of {r.seeds} seeds)"
-                                            for r in stuck.itertuples()) + ".")] if len(stuck) else []), "",
+                                            for r in stuck.itertuples()) + ".")] if len(stuck) else []),
+            *([("Too short to judge: " + ", ".join(f"{r.method} on {r.dataset} ({r.too_short_to_judge} of "
+                                                   f"{r.seeds} seeds)" for r in unsure.itertuples()) + ".")]
+              if len(unsure) else []), "",
             _table(conv, list(conv.columns)), ""]

@@ -73,6 +73,88 @@ def bootstrap_diff_ci(per_seed_a: list[dict], per_seed_b: list[dict], statistic,
     return float(point), float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
 
 
+ALPHA, POWER = 0.05, 0.80
+
+
+def _t_power(effect: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided paired t-test over ``n`` pairs against a true mean difference of ``effect``
+    standard deviations of the differences (the noncentral t distribution)."""
+    df, crit = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
+    shift = effect * np.sqrt(n)
+    # The far tail underflows to NaN in scipy's noncentral t for large shifts: it is zero there.
+    return float(np.nan_to_num(stats.nct.sf(crit, df, shift)) + np.nan_to_num(stats.nct.cdf(-crit, df, shift)))
+
+
+def paired_t_mde(sd_diff: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest mean difference the paired t-test over ``n`` pairs detects with ``power`` at ``alpha``,
+    given the differences' standard deviation: NaN with fewer than two pairs or no spread."""
+    if n < 2 or not np.isfinite(sd_diff) or sd_diff <= 0:
+        return np.nan
+    from scipy.optimize import brentq
+
+    return float(sd_diff * brentq(lambda e: _t_power(e, n, alpha) - power, 1e-9, 100.0))
+
+
+def seeds_to_resolve(sd_diff: float, diff: float, alpha: float = ALPHA, power: float = POWER,
+                     most: int = 10_000) -> float:
+    """About how many seeds (pairs) the paired t-test needs to detect a difference of ``diff`` with
+    ``power``, if the differences keep their observed spread; NaN where that cannot be said."""
+    if not np.isfinite(sd_diff) or sd_diff <= 0 or not np.isfinite(diff) or diff == 0:
+        return np.nan
+    effect = abs(diff) / sd_diff
+    for n in range(2, most + 1):
+        if _t_power(effect, n, alpha) >= power:
+            return float(n)
+    return np.nan
+
+
+def mcnemar_examples_needed(discordant_rate: float, diff: float, alpha: float = ALPHA,
+                            power: float = POWER) -> float:
+    """Paired examples McNemar's test needs to detect an accuracy difference ``diff`` when a share
+    ``discordant_rate`` of examples is right under one method only (Connor 1987, normal approximation)."""
+    d, p = abs(diff), discordant_rate
+    if not np.isfinite(d) or d == 0 or not np.isfinite(p) or p <= d:
+        return np.nan
+    za, zb = stats.norm.ppf(1 - alpha / 2), stats.norm.ppf(power)
+    return float(np.ceil((za * np.sqrt(p) + zb * np.sqrt(p - d * d)) ** 2 / (d * d)))
+
+
+def mcnemar_mde(discordant_rate: float, n_examples: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest accuracy difference McNemar's test over ``n_examples`` paired examples detects with
+    ``power``, at the observed rate of discordant examples (the inverse of mcnemar_examples_needed)."""
+    p = discordant_rate
+    if not np.isfinite(p) or p <= 0 or n_examples < 1:
+        return np.nan
+    za, zb = stats.norm.ppf(1 - alpha / 2), stats.norm.ppf(power)
+    from scipy.optimize import brentq
+
+    need = lambda d: (za * np.sqrt(p) + zb * np.sqrt(p - d * d)) ** 2 / (d * d) - n_examples  # noqa: E731
+    return float(brentq(need, 1e-9, p)) if need(p) < 0 else np.nan
+
+
+def tost_interval(diffs, confidence: float = 0.90) -> tuple[float, float]:
+    """The 90% t-interval of the mean paired difference: inside +-margin means equivalent by two one-sided
+    tests at 0.05 each (TOST). NaN with fewer than two pairs."""
+    d = np.asarray(diffs, float)
+    if d.size < 2:
+        return np.nan, np.nan
+    mean, _, lo, hi = t_interval(d, confidence)
+    if not np.isfinite(lo):  # no spread at all: the interval is the mean itself
+        return mean, mean
+    return lo, hi
+
+
+def verdict(p_adjusted: float, interval: tuple[float, float], margin: float) -> str:
+    """differs (adjusted p < 0.05), equivalent (the 90% interval of the difference within +-margin), or
+    unresolved: neither, so a difference smaller than the test's MDE may be there or not."""
+    if np.isfinite(p_adjusted) and p_adjusted < ALPHA:
+        return "differs"
+    lo, hi = interval
+    if np.isfinite(lo) and np.isfinite(hi) and -margin < lo and hi < margin:
+        return "equivalent"
+    return "unresolved"
+
+
 def holm(pvalues) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (NaNs stay NaN and do not count as comparisons)."""
     p = np.asarray(pvalues, dtype=float)
