@@ -102,10 +102,13 @@ def seeds_to_resolve(sd_diff: float, diff: float, alpha: float = ALPHA, power: f
     if not np.isfinite(sd_diff) or sd_diff <= 0 or not np.isfinite(diff) or diff == 0:
         return np.nan
     effect = abs(diff) / sd_diff
-    for n in range(2, most + 1):
-        if _t_power(effect, n, alpha) >= power:
-            return float(n)
-    return np.nan
+    if _t_power(effect, most, alpha) < power:
+        return np.nan
+    low, high = 1, most  # power grows with n: bisect for the first n that reaches it
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if _t_power(effect, mid, alpha) >= power else (mid, high)
+    return float(high)
 
 
 def mcnemar_examples_needed(discordant_rate: float, diff: float, alpha: float = ALPHA,
