@@ -50,6 +50,11 @@ def variant_config(raw: dict, dataset: str, method: str, variant: dict) -> dict:
     # Only this dataset and method run: a per-layer list for this model is not checked against the others.
     cfg["datasets"] = {dataset: cfg["datasets"][dataset]}
     cfg["methods"] = {method: cfg["methods"][method]}
+    # A budget is judged on the final score: no held-out curve, nor the target read off it (curve_cost.py
+    # sizes those), so a smaller variant is not refused for having fewer steps than the curve has points.
+    cfg["evaluation"]["curve_points"] = 0
+    for key in ("curve_points", "target"):
+        cfg["datasets"][dataset].pop(key, None)
     cfg["datasets"][dataset].update(variant.get("dataset", {}))
     cfg["training"].update(variant.get("training", {}))
     params = variant.get("params", {})

@@ -1,15 +1,17 @@
 """Where did a finished run's wall time go?   .venv/bin/python benchmarks/pipeline_efficiency.py RESULTS_DIR
 
 Reads a finished run (the ``results/`` folder of one ``snakemake`` invocation from a clean state) and prints
-a table: training loops, evaluation, efficiency timing (latency, throughput, size), FLOPs counting, start-up
-and load (interpreter, imports, building the model), and everything else (saving, fetching, tokenizing,
-aggregation, figures, Snakemake's own scheduling). The last line is
+a table: training loops, the held-out curve's evaluations, evaluation, efficiency timing (latency,
+throughput, size), FLOPs counting, start-up and load (interpreter, imports, building the model), and
+everything else (saving, fetching, tokenizing, aggregation, figures, Snakemake's own scheduling). The last
+line is
 
-    train_share=X jobs=N wall_s=S
+    train_share=X curve_share=C jobs=N wall_s=S
 
-with train_share = summed training-loop time / the run's wall time, jobs = Snakemake jobs (one
-``benchmark:`` file each) and wall_s = from the first job's start to the last job's end (each
-``results/benchmarks/**.tsv`` is written when its job ends and holds the job's seconds).
+with train_share = summed training-loop time / the run's wall time, curve_share = the held-out curve's
+evaluation time / the training loops' time (its budget: 10%), jobs = Snakemake jobs (one ``benchmark:`` file
+each) and wall_s = from the first job's start to the last job's end (each ``results/benchmarks/**.tsv`` is
+written when its job ends and holds the job's seconds).
 
 The phases come from ``job_phases_s`` in each run's train_metrics.json and each efficiency JSON. Results
 of older layouts (separate evaluate and flops jobs, no phases) are read too: their training loops and
@@ -25,8 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
-CATEGORIES = ["training loops", "evaluation", "efficiency timing", "FLOPs", "start-up and load", "tracking",
-              "everything else"]
+CATEGORIES = ["training loops", "held-out curve", "evaluation", "efficiency timing", "FLOPs", "start-up and load",
+              "tracking", "everything else"]
 
 
 def job_times(results: Path) -> pd.DataFrame:
@@ -54,6 +56,7 @@ def phase_seconds(results: Path, jobs: pd.DataFrame) -> dict[str, float]:
         total["training loops"] += m["train_time_s"]  # the loop itself: optimizer set-up is 'everything else'
         if phases:
             total["evaluation"] += phases["evaluation"]
+            total["held-out curve"] += phases.get("curve", 0.0)
             total["start-up and load"] += phases["startup"] + phases["load"]
             total["tracking"] += phases.get("tracking", 0.0)  # with `tracking:` on: opening, final metrics
         else:  # older layout: the evaluation forward was timed by a separate evaluate job
@@ -77,7 +80,9 @@ def breakdown(results: Path) -> tuple[pd.DataFrame, dict]:
     table = pd.DataFrame({"where": CATEGORIES, "seconds": [seconds[c] for c in CATEGORIES]})
     table["share_of_wall"] = table["seconds"] / wall
     by_rule = jobs.groupby("rule")["s"].agg(["count", "sum", "mean"]).sort_values("sum", ascending=False)
-    totals = {"train_share": seconds["training loops"] / wall, "jobs": len(jobs), "wall_s": wall,
+    loops = seconds["training loops"]
+    totals = {"train_share": loops / wall, "curve_share": seconds["held-out curve"] / loops if loops else 0.0,
+              "jobs": len(jobs), "wall_s": wall,
               "job_seconds": float(jobs["s"].sum()), "by_rule": by_rule}
     return table, totals
 
@@ -94,7 +99,8 @@ def main(argv=None) -> int:
     print(totals["by_rule"].to_string(float_format="{:.1f}".format))
     if (table["seconds"] < 0).any():
         print("note: 'everything else' is negative: jobs ran in parallel, so summed phases exceed the wall time")
-    print(f"train_share={totals['train_share']:.3f} jobs={totals['jobs']} wall_s={totals['wall_s']:.0f}")
+    print(f"train_share={totals['train_share']:.3f} curve_share={totals['curve_share']:.3f} jobs={totals['jobs']} "
+          f"wall_s={totals['wall_s']:.0f}")
     return 0
 
 

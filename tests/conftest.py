@@ -80,12 +80,13 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 SST2_DATASET = {"task": "classification", "text_field": "sentence", "label_field": "label", "train_split": "train",
                 "eval_split": "validation", "train_size": 96, "eval_size": 32, "max_length": 32, "num_labels": 2,
-                "holdout_size": None, "truncation": "head", "head_fraction": 0.25}
+                "holdout_size": 48, "truncation": "head", "head_fraction": 0.25}
 
 
 @pytest.fixture(scope="session")
 def tokenized(tmp_path_factory):
-    """96 SST-2 training and 32 validation sentences, tokenized for MiniLM (SST2_DATASET)."""
+    """96 SST-2 training and 32 validation sentences, and 48 held out of the train split, tokenized for MiniLM
+    (SST2_DATASET)."""
     import pandas as pd
 
     from lorabench.loading.data import tokenize_dataset

@@ -34,8 +34,24 @@ _DELETE = object()
 
 # (what is wrong, key to change, new value, words the error must contain)
 BAD_CONFIGS = [
-    ("a learning-rate sweep without a held-out slice", "lr_grid", {"lora": [1e-3, 3e-3]},
-     ["datasets.", ".holdout_size", "never on the eval split"]),
+    ("a learning-rate sweep without a held-out slice", [("lr_grid", {"lora": [1e-3, 3e-3]}),
+                                                         ("datasets.imdb.holdout_size", None)], None,
+     ["datasets.imdb.holdout_size", "never on the eval split"]),
+    ("a learning-rate sweep scored on the eval split", [("lr_grid", {"lora": [1e-3, 3e-3]}),
+                                                        ("datasets.sst2.scored_on", "eval_split")], None,
+     ["datasets.sst2.scored_on", "never on the eval split", "holdout"]),
+    ("a target without a held-out slice", "datasets.sst2.holdout_size", None,
+     ["datasets.sst2.target", "datasets.sst2.holdout_size", "held-out curve"]),
+    ("a target with the held-out curve off", "evaluation.curve_points", 0,
+     ["datasets.sst2.target", "curve_points"]),
+    ("more curve points than optimizer steps", "evaluation.curve_points", 4,
+     ["evaluation.curve_points", "4 curve points", "only 3 optimizer steps", "at most 3"]),
+    ("a dataset's curve points past its steps", "datasets.imdb.curve_points", 5,
+     ["datasets.imdb.curve_points", "at most 3"]),
+    ("scored on a holdout that is not there", [("datasets.imdb.scored_on", "holdout"),
+                                                ("datasets.imdb.holdout_size", None)], None,
+     ["datasets.imdb.scored_on", "datasets.imdb.holdout_size"]),
+    ("a target of no value", "datasets.wikitext2.target", {"value": 0}, ["datasets.wikitext2.target.value"]),
     ("a learning-rate sweep of an unknown entry", "lr_grid", {"lroa": [1e-3]}, ["lr_grid.lroa", "lora"]),
     ("a negative rate in a learning-rate sweep", "lr_grid", {"lora": [-1e-3]}, ["lr_grid.lora.0"]),
     ("mean pooling on a model without a pooler", "models.smollm2.pooling", "mean",
@@ -142,7 +158,8 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize("what,key,value,words", BAD_CONFIGS, ids=[b[0] for b in BAD_CONFIGS])
 def test_bad_config_is_refused_with_the_key_named(what, key, value, words):
     cfg = copy.deepcopy(smoke_config())
-    _set(cfg, key, value)
+    for k, v in key if isinstance(key, list) else [(key, value)]:
+        _set(cfg, k, v)
     with pytest.raises(ConfigError) as err:
         check_config(cfg)
     for w in words:
@@ -245,3 +262,6 @@ def test_lr_sweep_plans_each_rate_as_a_variant_scored_on_held_out_data(tmp_path)
     assert methods["lora_lr3e-4"] == {**methods["lora_lr1e-3"], "lr": 3e-4}
     assert {p["lr"] for n, p in methods.items() if p["type"] == "full_ft"} == set(grid["full_ft"])
     assert all(ds["holdout_size"] for ds in cfg["datasets"].values())
+    checked = check_config(copy.deepcopy(cfg))
+    assert {ds["scored_on"] for ds in checked["datasets"].values()} == {"holdout"}  # a sweep never sees eval splits
+    assert {ds["scored_on"] for ds in check_config(smoke_config())["datasets"].values()} == {"eval_split"}

@@ -88,9 +88,12 @@ def test_holdout_is_disjoint_from_training_and_leaves_the_training_subset_unchan
           "eval_split": "validation", "train_size": 60, "eval_size": None, "max_length": 16, "holdout_size": 40,
           "truncation": "head", "head_fraction": 0.25}
     tokenize_dataset(ds, MINILM, raw, 1234, tmp_path / "tok", "sst2")
-    tr, ev = load_tokenized(tmp_path / "tok", "train"), load_tokenized(tmp_path / "tok", "eval")
-    assert len(tr) == 60 and len(ev) == 40  # scored on the train split's slice, not on the 872 dev sentences
-    assert not set(tr["example_id"]) & set(ev["example_id"])
+    tr, ev, held = (load_tokenized(tmp_path / "tok", part) for part in ("train", "eval", "heldout"))
+    assert len(tr) == 60 and len(held) == 40 and not set(tr["example_id"]) & set(held["example_id"])
+    assert len(ev) == 872  # the held-out curve reads the slice; the reported metric stays on the dev sentences
+    tokenize_dataset({**ds, "scored_on": "holdout"}, MINILM, raw, 1234, tmp_path / "swept", "sst2")
+    ev = load_tokenized(tmp_path / "swept", "eval")  # a learning-rate sweep: scored on the slice instead
+    assert list(ev["example_id"]) == list(held["example_id"]) and list(ev["input_ids"]) == list(held["input_ids"])
 
 
 def test_a_train_split_too_small_for_its_holdout_is_refused_naming_the_key():

@@ -28,7 +28,8 @@ TRAINING = {"epochs": 2, "batch_size": 8, "grad_accum_steps": 1, "warmup_ratio":
 METHOD = {"lr": 2e-3, "r": 4, "alpha": 8, "dropout": 0.1, "sparsity": 0.5, "prune_start_frac": 0.1,
           "prune_end_frac": 0.6}
 TIMING = {"train_time_s", "train_time_per_epoch_s", "epoch_times_s", "train_tokens_per_s", "train_examples_per_s",
-          "peak_train_mem_mb", "load_peak_mem_mb", "device_hours", "cost_usd", "resumed_from_step", "job_phases_s"}
+          "peak_train_mem_mb", "load_peak_mem_mb", "device_hours", "cost_usd", "resumed_from_step", "job_phases_s",
+          "curve_eval_time_s"}
 
 
 def _kwargs(tokenized, out: Path, seed=0, method="sparse_lora_magnitude", model_dir=MINILM):
@@ -36,12 +37,15 @@ def _kwargs(tokenized, out: Path, seed=0, method="sparse_lora_magnitude", model_
                 out_metrics=str(out / "train_metrics.json"), out_eval_metrics=str(out / "eval_metrics.json"),
                 out_predictions=str(out / "predictions.csv"), dataset_name="sst2", dataset=DATASET,
                 model_cfg={"repo": "sentence-transformers/all-MiniLM-L6-v2"}, method_name=method,
-                method_params=METHOD, training=TRAINING, evaluation={"batch_size": 32, "mask_seed": 0}, seed=seed,
+                method_params=METHOD, training=TRAINING, evaluation={"batch_size": 32, "mask_seed": 0, "curve_points": 6}, seed=seed,
                 threads=1, device="cpu", cost_per_device_hour={}, checkpoint_dir=str(out / "ckpt"))
 
 
 def _comparable(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in TIMING}
+    """Everything but timings; the held-out curve point for point, without its training time so far."""
+    out = {k: v for k, v in metrics.items() if k not in TIMING}
+    out["heldout_curve"] = [{k: v for k, v in p.items() if k != "train_time_s"} for p in metrics["heldout_curve"]]
+    return out
 
 
 def _start(kwargs) -> subprocess.Popen:
@@ -75,7 +79,8 @@ def test_sigkilled_training_resumes_to_identical_results(tokenized, tmp_path):
         assert not (out / "train_metrics.json").exists(), "a killed run must not look complete"
     resumed = train_run(**_kwargs(tokenized, out))
     assert resumed["resumed_from_step"] >= kill_at[-1]
-    assert _comparable(resumed) == _comparable(reference)
+    assert [p["step"] for p in reference["heldout_curve"]] == [4, 8, 12, 16, 20, 24]
+    assert _comparable(resumed) == _comparable(reference)  # the held-out curve too, point for point
     a, b = load_file(out / "model" / "adapter_model.safetensors"), load_file(
         tmp_path / "reference" / "model" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -116,8 +121,9 @@ def test_concurrent_writers_of_one_cache_leave_it_complete(tokenized, tmp_path):
     out = tmp_path / "cache"
     with mp.get_context("spawn").Pool(2) as pool:
         assert sorted(pool.map(_tokenize_into, [(raw, out, i) for i in range(4)])) == [0, 1, 2, 3]
-    assert sorted(p.name for p in out.iterdir()) == ["eval", "meta.json", "train"]
+    assert sorted(p.name for p in out.iterdir()) == ["eval", "heldout", "meta.json", "train"]
     assert len(load_tokenized(out, "train")) == 96 and len(load_tokenized(out, "eval")) == 32
+    assert len(load_tokenized(out, "heldout")) == 48
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp folders left behind"
 
 

@@ -123,11 +123,15 @@ def test_a_killed_and_resumed_run_is_one_tracked_run_with_unchanged_metrics(toke
     assert all(math.isclose(v, e, rel_tol=1e-6) for (_, v), (_, e) in zip(scalars["train/loss"], expected))
     assert [s for s, _ in scalars["train/lr"]] == list(range(1, total + 1))
     assert math.isclose(scalars["final/accuracy"][0][1], accuracy, rel_tol=1e-6)
+    held = [(p["step"], p["accuracy"]) for p in reference["heldout_curve"]]  # the held-out curve, once, in order
+    assert len(held) == 6 and [s for s, _ in scalars["heldout/accuracy"]] == [s for s, _ in held]
+    assert all(math.isclose(v, e, rel_tol=1e-6) for (_, v), (_, e) in zip(scalars["heldout/accuracy"], held))
 
     client, runs = mlflow_run(results, name)
     assert len(runs) == 1, "a resumed run must continue its tracked run, not start a second"
     history = sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, "train/loss"))
     assert history == expected
+    assert sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, "heldout/accuracy")) == held
     run = client.get_run(runs[0].info.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["accuracy"] == accuracy

@@ -251,6 +251,34 @@ def test_statistics_report_and_figures(smoke_run):
         assert f"figures/{f}.png" in report
 
 
+def test_time_to_quality_from_the_held_out_curves(smoke_run):
+    """Every trained run has its held-out curve (one point per step in the smoke config); the summary's time to
+    target is its curve's first point past the target; the report ranks methods and counts the misses."""
+    cfg = smoke_config()
+    res = smoke_run / "results"
+    df = pd.read_csv(res / "summary.csv")
+    trained = df[df["method"] != "base"]
+    for row in trained.itertuples():
+        metrics = json.loads((res / "runs" / row.dataset / row.method / f"seed{row.seed}" / "train_metrics.json").read_text())
+        curve, metric = metrics["heldout_curve"], metrics["heldout_metric"]
+        assert [p["step"] for p in curve] == list(range(1, row.train_steps + 1)), (row.dataset, row.method)
+        assert len(curve) == (1 if row.dataset == "wikitext2" else 3)  # a point per step; WikiText-2 takes one
+        assert metrics["heldout_examples"] == cfg["datasets"][row.dataset]["holdout_size"]
+        target = cfg["datasets"][row.dataset]["target"]["value"]
+        past = [p for p in curve if (p[metric] >= target if metric == "accuracy" else p[metric] <= target)]
+        assert bool(row.reached_target) == bool(past)
+        if past:
+            assert row.steps_to_target == past[0]["step"] and row.time_to_target_s == pytest.approx(past[0]["train_time_s"])
+        else:
+            assert math.isnan(row.steps_to_target) and math.isnan(row.time_to_target_s)
+    assert not trained.loc[trained["dataset"] == "imdb", "reached_target"].any()  # 0.99 in three steps: never
+    assert trained.loc[trained["dataset"] == "wikitext2", "reached_target"].all()  # perplexity <= 5000: at once
+    report = (res / "report.md").read_text()
+    section = report.split("## Time to quality")[1].split("\n## ")[0]
+    assert "### imdb: held-out accuracy >= 0.99" in section and "### wikitext2: held-out perplexity <= 5000" in section
+    assert "| 0 of 1 |" in section and "Runs that never reached it: " in section and "not reached" in section
+
+
 def test_snakemake_html_report_builds(smoke_run, tmp_path):
     html = smoke_run / "results" / "report.html"
     proc = snakemake(smoke_run, write_config(tmp_path / "c.yaml", smoke_config()), "--report", str(html), timeout=300)
@@ -265,17 +293,21 @@ def test_pipeline_efficiency_accounts_for_the_smoke_run(smoke_run, capsys, monke
 
     assert pipeline_efficiency.main([str(smoke_run / "results")]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    m = re.fullmatch(r"train_share=([\d.]+) jobs=(\d+) wall_s=(\d+)", out[-1])
+    m = re.fullmatch(r"train_share=([\d.]+) curve_share=([\d.]+) jobs=(\d+) wall_s=(\d+)", out[-1])
     assert m, out[-1]
     cfg = smoke_config()
     pairs = len(run_pairs(cfg))
     benchmarks = list((smoke_run / "results" / "benchmarks").rglob("*.tsv"))
-    assert int(m.group(2)) == len(benchmarks) >= pairs * len(cfg["seeds"]) + pairs
+    assert int(m.group(3)) == len(benchmarks) >= pairs * len(cfg["seeds"]) + pairs
     table, totals = pipeline_efficiency.breakdown(smoke_run / "results")
     seconds = table.set_index("where")["seconds"]
     loops = sum(json.loads(p.read_text())["train_time_s"] for p in (smoke_run / "results" / "runs").rglob("train_metrics.json"))
     assert seconds["training loops"] == pytest.approx(loops, rel=1e-6)
     assert float(m.group(1)) == pytest.approx(loops / totals["wall_s"], abs=1e-3)
-    for where in ("evaluation", "efficiency timing", "FLOPs", "start-up and load"):
+    curves = sum(json.loads(p.read_text())["curve_eval_time_s"]
+                 for p in (smoke_run / "results" / "runs").rglob("train_metrics.json"))
+    assert seconds["held-out curve"] == pytest.approx(curves, rel=1e-6)
+    assert float(m.group(2)) == pytest.approx(curves / loops, abs=1e-3)
+    for where in ("held-out curve", "evaluation", "efficiency timing", "FLOPs", "start-up and load"):
         assert seconds[where] > 0, where
     assert seconds.sum() == pytest.approx(totals["wall_s"])  # every second of the wall time is placed

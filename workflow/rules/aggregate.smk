@@ -11,6 +11,7 @@ rule aggregate:
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Tables"),
     params:
         efficiency_of={f"{d}/{m}": efficiency_file(d, m) for d, m in PAIRS},
+        targets={d: ds["target"]["value"] for d, ds in config["datasets"].items() if ds.get("target")},
     log:
         "results/logs/aggregate.log",
     benchmark:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also when not pip-installed
 
-from lorabench.config import ConfigError, dataset_entry, dataset_training, method_params_on, sorted_keys
+from lorabench.config import ConfigError, curve_points, dataset_entry, dataset_training, method_params_on, sorted_keys
 from lorabench.config.tracking import export_trackers
 from lorabench.analysis.plots import figures_for
 from lorabench.methods import architecture_params, method_class, method_type, type_traits
@@ -61,8 +61,9 @@ def dataset_slice(dataset):
     return {**dataset_entry(config, dataset), "subset_seed": config["training"]["subset_seed"]}
 
 
-# Evaluation settings a training job uses (it evaluates its model in memory), and those the efficiency job
-# uses (timing): changing one kind reruns only the jobs that read it.
+# Evaluation settings a training job uses (it evaluates its model in memory, and its held-out curve: the
+# dataset's curve points, resolved), and those the efficiency job uses (timing): changing one kind reruns only
+# the jobs that read it.
 EVAL_KEYS_OF_TRAIN = ("batch_size", "mask_seed")
 EVAL_KEYS_OF_EFFICIENCY = ("latency_examples", "timing_repeats", "throughput_batch_size")
 
@@ -91,7 +92,8 @@ def run_params(wildcards):
         "model_cfg": config["models"][ds["model"]],
         "method_params": run_settings(wildcards.method, wildcards.dataset),
         "training": dataset_training(config, wildcards.dataset),
-        "evaluation": {k: config["evaluation"][k] for k in EVAL_KEYS_OF_TRAIN},
+        "evaluation": {**{k: config["evaluation"][k] for k in EVAL_KEYS_OF_TRAIN},
+                       "curve_points": curve_points(config, wildcards.dataset)},
         "device": config["device"],
         "precision": config["precision"],
     }

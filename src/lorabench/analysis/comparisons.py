@@ -137,5 +137,7 @@ def convergence_table(summary: pd.DataFrame, untrained_types=()) -> pd.DataFrame
         "loss_tail_drop_pct": 100.0 * g["loss_tail_drop_rel"].mean(),
         "final_train_loss": g["final_train_loss"].mean(),
         "train_steps": g["train_steps"].max(),
-    }).reset_index()
-    return out
+    })
+    if "heldout_still_improving" in summary:  # the held-out curve's last two points (convergence.heldout_trend)
+        out["heldout_still_improving"] = g["heldout_still_improving"].apply(lambda c: int((c == True).sum()))  # noqa: E712
+    return out.reset_index()

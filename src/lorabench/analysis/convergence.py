@@ -58,6 +58,26 @@ def tail_trend(losses: Sequence[float]) -> dict:
             "convergence": verdict}
 
 
+#: A held-out gain is real when it exceeds this many standard errors of the difference of two points: the
+#: minimum detectable effect at 80% power and two-sided alpha 0.05 (z 1.96 + 0.84).
+MDE_Z = 2.8
+
+
+def heldout_trend(curve: Sequence[dict], metric: str, higher_is_better: bool) -> dict:
+    """Was the held-out metric still improving at the end? ``heldout_last_gain``: the improvement from the
+    second-to-last curve point to the last (positive = better); ``heldout_gain_mde``: the smallest gain the two
+    points could detect (MDE_Z x the SE of their difference, the points' SEs taken as independent, which
+    overstates it a little for points on the same examples); ``heldout_still_improving``: the gain exceeds it."""
+    if len(curve) < 2:
+        return {"heldout_last_gain": float("nan"), "heldout_gain_mde": float("nan"),
+                "heldout_still_improving": float("nan")}
+    prev, last = curve[-2], curve[-1]
+    gain = (last[metric] - prev[metric]) * (1 if higher_is_better else -1)
+    mde = MDE_Z * math.hypot(prev.get("se", float("nan")), last.get("se", float("nan")))
+    return {"heldout_last_gain": gain, "heldout_gain_mde": mde,
+            "heldout_still_improving": bool(gain > mde) if math.isfinite(mde) else float("nan")}
+
+
 def smoothed(losses: Sequence[float], window: int | None = None) -> list[float]:
     """Trailing running mean over ``window`` steps (default: a twentieth of the run), for figures: per-batch
     losses swing more than the trend they carry."""

@@ -16,7 +16,8 @@ from lorabench.analysis.stats import pareto_front
 MAX_SHAPES = 13
 
 #: Figures drawn for every config.
-FIGURES = ["loss_curves", "metric_vs_trainable_params", "throughput_vs_metric", "train_time", "memory", "pareto_memory_metric"]
+FIGURES = ["loss_curves", "heldout_vs_time", "heldout_vs_flops", "metric_vs_trainable_params", "throughput_vs_metric",
+           "train_time", "memory", "pareto_memory_metric"]
 
 
 #: Figures drawn only where a configured method asks for them (Method.figures_of), in the report's order.
@@ -75,6 +76,52 @@ def draw_loss_curves(train_metric_files, out_prefix, colours: dict) -> None:
           + p9.labs(x="optimizer step", y="training loss (running mean)",
                     title="Training loss per method: has it levelled off? (line: mean over seeds; band: their range)")
           + scale + p9.theme_bw() + p9.theme(figure_size=(12, max(4.0, 1.2 + 0.24 * methods))), out_prefix)
+
+
+def heldout_curve_table(train_metric_files) -> pd.DataFrame:
+    """One row per (dataset, method, seed, curve point): the held-out metric, training time and FLOPs so far."""
+    from lorabench.io import read_json
+
+    rows = []
+    for f in train_metric_files:
+        m = read_json(f)
+        metric = m.get("heldout_metric")
+        for point in m.get("heldout_curve") or []:
+            rows.append({"dataset": m["dataset"], "method": m["method"], "method_type": m.get("method_type", m["method"]),
+                         "seed": m["seed"], "step": point["step"], "train_time_s": point["train_time_s"],
+                         "train_flops": point["train_flops"], "value": point[metric],
+                         "panel": f"{m['dataset']}: held-out {metric}"})
+    return pd.DataFrame(rows, columns=["dataset", "method", "method_type", "seed", "step", "train_time_s",
+                                       "train_flops", "value", "panel"])
+
+
+def draw_heldout_curves(train_metric_files, targets: pd.DataFrame, out_dir, colours: dict) -> None:
+    """The held-out metric against training time, and against training FLOPs, one panel per dataset and one
+    line per method: at each curve step the mean over seeds of the metric and of the time (FLOPs), a band from
+    the lowest to the highest seed; each dataset's target dashed (``targets``: panel, target_value)."""
+    t = heldout_curve_table(train_metric_files)
+    if t.empty:
+        t = pd.DataFrame({"panel": ["no held-out curve (evaluation.curve_points, datasets.<name>.holdout_size)"],
+                          "method": ["no run"], "method_type": ["lora"], "step": [0], "train_time_s": [0.0],
+                          "train_flops": [0.0], "value": [0.0]})
+    band = t.groupby(["panel", "method", "method_type", "step"], as_index=False).agg(
+        value=("value", "mean"), low=("value", "min"), high=("value", "max"), train_time_s=("train_time_s", "mean"),
+        train_flops=("train_flops", "mean"))
+    methods = band["method"].nunique()
+    colour = "method_type" if methods == band["method_type"].nunique() else "method"
+    scale = colour_scales(colours, "method") if colour == "method_type" else []
+    target = [p9.geom_hline(p9.aes(yintercept="target_value"), data=targets, linetype="dashed", colour="black")]
+    for x, label, name in (("train_time_s", "training time so far (s, evaluation excluded; mean over seeds)",
+                            "heldout_vs_time"),
+                           ("train_flops", "training FLOPs so far (counted; mean over seeds)", "heldout_vs_flops")):
+        _save(p9.ggplot(band, p9.aes(x, "value", colour=colour, fill=colour, group="method"))
+              + p9.geom_ribbon(p9.aes(ymin="low", ymax="high"), alpha=0.15, colour="none")
+              + p9.geom_line() + p9.geom_point(size=1.5) + (target if len(targets) else [])
+              + p9.facet_wrap("~panel", scales="free")
+              + p9.labs(x=label, y="held-out metric (line: mean over seeds; band: their range)",
+                        title="Time to quality: the held-out metric as training goes on (dashed: the target)")
+              + scale + p9.theme_bw() + p9.theme(figure_size=(12, max(4.0, 1.2 + 0.24 * methods))),
+              f"{out_dir}/{name}")
 
 
 def adalora_rank_table(train_metric_files) -> pd.DataFrame:
@@ -178,6 +225,11 @@ def draw_all(summary_csv, out_dir, train_metrics=(), baseline: str = "lora", tra
     _draw_metric_figures(s, untrained, out_dir, colours, height)
     _draw_cost_figures(s, out_dir, colours)
     draw_loss_curves(train_metrics, f"{out_dir}/loss_curves", colours)
+    summary = pd.read_csv(summary_csv)
+    targets = (summary.dropna(subset=["target_value"]).drop_duplicates("dataset")
+               .assign(panel=lambda d: d["dataset"] + ": held-out " + d["heldout_metric"])[["panel", "target_value"]]
+               if "target_value" in summary else pd.DataFrame(columns=["panel", "target_value"]))
+    draw_heldout_curves(train_metrics, targets, out_dir, colours)
     wanted = set(figures)
     if "adalora_ranks" in wanted:
         draw_adalora_ranks(train_metrics, f"{out_dir}/adalora_ranks")

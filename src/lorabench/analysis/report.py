@@ -10,9 +10,10 @@ import pandas as pd
 
 from lorabench.analysis import stats
 from lorabench.analysis.comparisons import convergence_table, significance, summary_by_method
-from lorabench.analysis.convergence import MAX_P, STEEP_DROP, TAIL_FRACTION
+from lorabench.analysis.convergence import MAX_P, MDE_Z, STEEP_DROP, TAIL_FRACTION
 from lorabench.analysis.discussion import ci_text, discussion_lines, fmt_number
 from lorabench.analysis.metrics import primary_metric
+from lorabench.analysis.time_to_quality import HIGHER_IS_BETTER, quality_table
 
 
 def _p(x) -> str:
@@ -172,6 +173,7 @@ def write_report(summary_csv, runs_dir, baseline: str, out_by_method, out_signif
                   f"{metric}_ci95_high", "trainable_params_mean", "peak_train_mem_mb_mean", "train_time_s_mean",
                   "latency_ms_mean", "throughput_per_s_mean", "adapter_size_mb_mean", "flops_per_example_mean",
                   "adapter_sparsity_mean", "cost_usd_mean"]), ""]
+    lines += _time_to_quality_section(summary)
     lines += _convergence_section(convergence_table(summary, untrained))
     if not sig.empty:
         lines += ["## Significance against " + baseline, "",
@@ -187,6 +189,46 @@ def write_report(summary_csv, runs_dir, baseline: str, out_by_method, out_signif
         lines += [f"- {r.method}: lr {r.lr:g}: {r.lr_reason}" for r in reasons.itertuples()] + [""]
     lines += ["## Figures", ""] + [f"![{f}]({figures_dir}/{f}.png)" for f in figures] + [""]
     Path(out_md).write_text("\n".join(lines))
+
+
+def _time_to_quality_section(summary: pd.DataFrame) -> list[str]:
+    """Per dataset with a target: methods ranked by median training time to it, every run counted."""
+    table = quality_table(summary)
+    if table.empty:
+        return []
+    lines = ["## Time to quality", "",
+             "Each run's held-out curve (its metric on a slice held out of the train split, never the eval split, "
+             "at a few evenly spaced optimizer steps) is read for the first point at or past the dataset's target "
+             "(accuracy: at or above; perplexity: at or below). Methods are ranked by the median training time "
+             "to it over seeds (evaluation excluded), runs that never reached it counted as never (so a method "
+             "most of whose runs missed has no median: 'not reached'). The interval is the distribution-free one "
+             "for a median from the seeds' order statistics, at the coverage shown (with 3 seeds: their minimum "
+             "and maximum, 75%). A time to target is that of a curve point: late by at most the curve's spacing "
+             "(column spacing_steps), so methods closer than one spacing are not told apart.", ""]
+    for dataset, g in table.groupby("dataset", sort=False):
+        metric = g["metric"].iloc[0]
+        lines += [f"### {dataset}: held-out {metric} {'>=' if HIGHER_IS_BETTER[metric] else '<='} "
+                  f"{g['target'].iloc[0]:g}", ""]
+        shown = pd.DataFrame({
+            "rank": range(1, len(g) + 1), "method": g["method"], "reached": g["reached"],
+            "median_time_to_target_s": [_finite(v, "{:.1f}") for v in g["median_time_to_target_s"]],
+            "interval_s": [f"{_finite(lo, '{:.1f}')} to {_finite(hi, '{:.1f}')} ({c:.0%})"
+                           for lo, hi, c in zip(g["time_interval_low_s"], g["time_interval_high_s"],
+                                                g["interval_coverage"])],
+            "median_steps": [_finite(v, "{:.0f}") for v in g["median_steps_to_target"]],
+            "median_flops": [_finite(v, "{:.3g}") for v in g["median_flops_to_target"]],
+            "median_cost_usd": [_finite(v, "{:.2g}") for v in g["median_cost_to_target_usd"]],
+            "spacing_steps": g["curve_spacing_steps"].astype(int)})
+        lines += [_table(shown, list(shown.columns)), ""]
+        missed = g[g["reached_runs"] < g["runs"]]
+        if len(missed):
+            lines += ["Runs that never reached it: " + ", ".join(f"{r.method} ({r.runs - r.reached_runs} of {r.runs})"
+                                                               for r in missed.itertuples()) + ".", ""]
+    return lines
+
+
+def _finite(value: float, fmt: str) -> str:
+    return fmt.format(value) if np.isfinite(value) else "not reached"
 
 
 def _sparselora_section(summary: pd.DataFrame) -> list[str]:
@@ -206,6 +248,7 @@ def _convergence_section(conv: pd.DataFrame) -> list[str]:
     flagged = conv[conv["still_falling"] > 0]
     stuck = conv[conv["no_progress"] > 0]
     unsure = conv[conv["too_short_to_judge"] > 0]
+    improving = conv[conv["heldout_still_improving"] > 0] if "heldout_still_improving" in conv else conv.iloc[:0]
     return ["## Convergence", "",
             f"A run is flagged 'still falling' when a straight line fitted to its training loss over the last "
             f"{TAIL_FRACTION:.0%} of optimizer steps falls by {STEEP_DROP:.0%} or more of that stretch's mean "
@@ -223,5 +266,10 @@ def _convergence_section(conv: pd.DataFrame) -> list[str]:
                                             for r in stuck.itertuples()) + ".")] if len(stuck) else []),
             *([("Too short to judge: " + ", ".join(f"{r.method} on {r.dataset} ({r.too_short_to_judge} of "
                                                    f"{r.seeds} seeds)" for r in unsure.itertuples()) + ".")]
-              if len(unsure) else []), "",
+              if len(unsure) else []),
+            *([("Held-out metric still improving over its last two curve points by more than their minimum "
+                f"detectable gain ({MDE_Z:g} standard errors of the difference): "
+                + ", ".join(f"{r.method} on {r.dataset} ({r.heldout_still_improving} of {r.seeds} seeds)"
+                            for r in improving.itertuples()) + ". More training may move these.")]
+              if len(improving) else []), "",
             _table(conv, list(conv.columns)), ""]

@@ -5,5 +5,5 @@ What only a method or a model knows (ranks against a layer's width, SparseLoRA's
 is checked by lorabench.methods.checks, which runs this validation first."""
 
 from lorabench.config.validation import ConfigError, validate_config  # noqa: F401
-from lorabench.config.views import (dataset_entry, dataset_training, method_entries, method_params_on,  # noqa: F401
-                                    sorted_keys)
+from lorabench.config.views import (curve_points, dataset_entry, dataset_training, method_entries,  # noqa: F401
+                                    method_params_on, sorted_keys)

@@ -15,7 +15,7 @@ import jsonschema
 
 from lorabench.config.schema import load_schema, method_defaults, method_settings
 from lorabench.config.tracking import INSTALL, TRACKERS, not_installed
-from lorabench.config.views import dataset_training
+from lorabench.config.views import curve_points, dataset_training
 from lorabench.io import snapshot_path
 
 
@@ -136,6 +136,11 @@ def _expand_lr_grid(config: dict) -> None:
                 f"config key 'datasets.{name}.holdout_size': a learning-rate sweep (lr_grid) scores each rate on a "
                 "slice held out from the train split, never on the eval split; set holdout_size to its number of "
                 "examples (language modelling: windows)")
+        if ds.get("scored_on") == "eval_split":
+            raise ConfigError(
+                f"config key 'datasets.{name}.scored_on': a learning-rate sweep (lr_grid) scores each rate on the "
+                "holdout_size slice, never on the eval split; set it to holdout or drop it")
+        ds["scored_on"] = "holdout"
     config["methods"] = expand_grid(config["methods"], todo)
 
 
@@ -158,6 +163,8 @@ def _fill_defaults(config: dict, schema: dict) -> None:
                     entry.setdefault(key, copy.deepcopy(sub["default"]))
     for ds in config["datasets"].values():
         ds.setdefault("stride", ds["max_length"])  # a default that depends on another setting: no window overlap
+        if ds["scored_on"] is None:  # holdout under lr_grid, set by _expand_lr_grid
+            ds["scored_on"] = "eval_split"
     for key, sub in schema["properties"].items():
         if "default" in sub:
             config.setdefault(key, copy.deepcopy(sub["default"]))
@@ -188,6 +195,7 @@ def _semantic_checks(config: dict) -> None:
             f"({', '.join(config['methods'])})"
         )
     _check_dataset_training(config)
+    _check_curves(config)
     _check_sources(config)
 
 
@@ -201,6 +209,41 @@ def _check_dataset_training(config: dict) -> None:
         if errors:
             best = jsonschema.exceptions.best_match(errors)
             raise ConfigError(_explain(best, ("datasets", name, "training")))
+
+
+def _optimizer_steps(config: dict, name: str) -> int | None:
+    """A dataset's optimizer steps per run, where its config fixes them (train_size given); else None."""
+    from math import ceil
+
+    ds, training = config["datasets"][name], dataset_training(config, name)
+    if not ds["train_size"]:
+        return training.get("max_steps")
+    per_epoch = ceil(ceil(ds["train_size"] / training["batch_size"]) / training["grad_accum_steps"])
+    total = per_epoch * training["epochs"]
+    return min(total, training["max_steps"]) if training.get("max_steps") else total
+
+
+def _check_curves(config: dict) -> None:
+    """Held-out curves and targets: a slice to score them on, no more points than optimizer steps."""
+    for name, ds in config["datasets"].items():
+        if ds["scored_on"] == "holdout" and not ds["holdout_size"]:
+            raise ConfigError(f"config key 'datasets.{name}.scored_on': holdout needs a held-out slice; set "
+                              f"datasets.{name}.holdout_size to its number of examples, or scored_on to eval_split")
+        points = curve_points(config, name)
+        if ds.get("target") and not ds["holdout_size"]:
+            raise ConfigError(
+                f"config key 'datasets.{name}.target': a target is judged on the held-out curve, scored on a slice "
+                f"of the train split, and '{name}' holds none out; set datasets.{name}.holdout_size (examples; "
+                "language modelling: windows), or drop the target")
+        if ds.get("target") and not points:
+            raise ConfigError(f"config key 'datasets.{name}.target': a target is judged on the held-out curve, "
+                              "which is off (curve_points 0); set evaluation.curve_points (or the dataset's) above 0")
+        steps = _optimizer_steps(config, name)
+        if ds["holdout_size"] and steps is not None and points > steps:
+            key = (f"datasets.{name}.curve_points" if ds.get("curve_points") is not None
+                   else "evaluation.curve_points")
+            raise ConfigError(f"config key '{key}': {points} curve points, but runs on '{name}' take only {steps} "
+                              f"optimizer steps; set it to at most {steps}")
 
 
 def _check_sources(config: dict) -> None:

@@ -28,10 +28,25 @@ def method_entries(config: dict):
             yield f"methods.{name}.by_model.{model}", name, method_params_on(config, name, model)
 
 
+#: Dataset keys that say how runs train and are judged on the data, not what the data are: changing them
+#: retokenizes nothing (a target reruns only the analysis; curve_points reaches the runs through evaluation).
+NOT_DATA_KEYS = ("training", "target", "curve_points")
+
+
 def dataset_entry(config: dict, dataset: str) -> dict:
-    """A dataset's entry without its training overrides: what its data and their tokens depend on (changing how
-    runs train on it retokenizes nothing)."""
-    return {k: v for k, v in config["datasets"][dataset].items() if k != "training"}
+    """A dataset's entry without its training overrides, target and curve points: what its data and their
+    tokens depend on (changing how runs train on it, or what they are judged against, retokenizes nothing)."""
+    return {k: v for k, v in config["datasets"][dataset].items() if k not in NOT_DATA_KEYS}
+
+
+def curve_points(config: dict, dataset: str) -> int:
+    """Held-out curve points of runs on ``dataset``: its own curve_points, else evaluation.curve_points; 0
+    where the dataset holds out no slice to score them on."""
+    ds = config["datasets"][dataset]
+    if not ds.get("holdout_size"):
+        return 0
+    own = ds.get("curve_points")
+    return own if own is not None else config["evaluation"].get("curve_points", 0)
 
 
 def dataset_training(config: dict, dataset: str) -> dict:

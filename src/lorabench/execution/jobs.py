@@ -19,12 +19,13 @@ import psutil
 import torch
 
 from lorabench.config.tracking import exported_trackers
+from lorabench.execution.curve import HeldoutCurve
 from lorabench.execution.evaluate import evaluate
 from lorabench.execution.settings import TrainingSettings
 from lorabench.execution.tracking import Tracking
 from lorabench.execution.trainer import RunId, train, untrained_metrics
 from lorabench.io import atomic_dir, dir_size_mb, package_versions, read_json, write_json
-from lorabench.loading.data import EVAL, TRAIN, Collator, evaluated_split, load_tokenized
+from lorabench.loading.data import EVAL, HELDOUT, TRAIN, Collator, evaluated_split, load_tokenized
 from lorabench.loading.models import ModelLoader
 from lorabench.methods import build_method, count_parameters, method_type
 from lorabench.runtime.device import device_name, resolve_device, seed_everything, set_threads
@@ -44,6 +45,11 @@ class PhaseClock:
         self.phases[phase] = self.phases.get(phase, 0.0) + now - self._last
         self._last = now
         return self.phases[phase]
+
+    def move(self, seconds: float, source: str, target: str) -> None:
+        """Count ``seconds`` of phase ``source`` as phase ``target`` (a part timed inside a phase)."""
+        self.phases[source] -= seconds
+        self.phases[target] = self.phases.get(target, 0.0) + seconds
 
     def done(self) -> dict:
         self.phases["total"] = time.time() - psutil.Process().create_time()
@@ -75,7 +81,8 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
     """Train one (method, dataset, seed), save it, and evaluate the trained model without reloading it.
     ``method_inputs`` are files the method reads by role (SparseLoRA: {"predictor": path}); ``tracking``
     names the trackers the run is logged to, under ``results_dir`` (execution/tracking.py); by default those
-    the workflow exported from the config (config/tracking.py)."""
+    the workflow exported from the config (config/tracking.py). With ``evaluation["curve_points"]`` > 0 and a
+    held-out slice (``holdout_size``), the run records its held-out curve (execution/curve.py)."""
     clock = PhaseClock()
     loader, method, dev, prec = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads, device,
                                        precision, method_inputs)
@@ -97,19 +104,22 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
         rows = load_tokenized(tokenized_dir, TRAIN).to_list()
         collator = _collator(loader, settings.mlm_probability)
         run = RunId(method_name, dataset_name, seed)
+        curve = _heldout_curve(tokenized_dir, dataset_name, dataset, collator, loader, evaluation, prec)
         clock.lap("load")
         wall = time.perf_counter()
         if method.trains:
             result = train(model, method, rows, collator, settings, method_params["lr"], seed, dev, run, memory,
-                           checkpoint_dir, prec, tracker)
+                           checkpoint_dir, prec, tracker, curve)
         else:
             tracker.begin(0)
             result = untrained_metrics(model.to(dev), prec)
         clock.lap("train_loop")
+        clock.move(result["curve_eval_time_s"], "train_loop", "curve")
         with atomic_dir(out_model_dir) as tmp:
             method.save(model, tmp)
         clock.lap("save")
-        hours = (time.perf_counter() - wall) / 3600  # device time of training (the evaluation below is not billed)
+        # Device time of training; the held-out curve and the evaluation below are measurement, not billed.
+        hours = (time.perf_counter() - wall - result["curve_eval_time_s"]) / 3600
 
         eval_rows = load_tokenized(tokenized_dir, EVAL).to_list()
         start = time.perf_counter()
@@ -139,6 +149,17 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
         metrics["job_phases_s"] = clock.done()
         write_json(out_metrics, metrics)  # last: its presence means the whole job completed
         return metrics
+
+
+def _heldout_curve(tokenized_dir, dataset_name: str, dataset: dict, collator, loader: ModelLoader,
+                   evaluation: dict, precision) -> HeldoutCurve | None:
+    """The held-out curve of runs on this dataset, or None: no curve points, or no held-out slice."""
+    points = evaluation.get("curve_points", 0)
+    if not points or not dataset.get("holdout_size"):
+        return None
+    return HeldoutCurve(load_tokenized(tokenized_dir, HELDOUT).to_list(), collator, dataset["task"], loader.lm_kind,
+                        evaluation["batch_size"], evaluation["mask_seed"], points,
+                        f"evaluation.curve_points (or datasets.{dataset_name}.curve_points)", precision)
 
 
 def efficiency_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_cfg: dict, method_name: str,

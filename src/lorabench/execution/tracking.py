@@ -6,10 +6,11 @@
 
 One tracked run per (dataset, method, seed), named ``<dataset>/<method>/seed<seed>``, in one experiment per
 results folder (``lorabench-<folder that holds results/>``). It holds the run's config slice as parameters,
-the loss and learning rate per optimizer step, the final metrics under the summary's column names, and the
+the loss and learning rate per optimizer step (``train/...``), the held-out curve (``heldout/<metric>``, with
+the training time and FLOPs so far) at its steps, the final metrics under the summary's column names, and the
 device and package versions as tags.
 
-The trainer hands the loss curve over at each checkpoint and at the end of training, never per step, so a
+The trainer hands the curves over at each checkpoint and at the end of training, never per step, so a
 training step costs nothing more (docs/measurements/tracking.md), and the time spent logging is not training
 time. What was logged is recorded next to the checkpoint (``tracking.json``): a run resumed from its
 checkpoint continues its tracked runs (the same run, not a second) from the step after the last one logged,
@@ -72,11 +73,10 @@ class TensorBoardRun:
         table = "\n".join(f"| {k} | {v} |" for k, v in {**self.params, **tags}.items())
         self.writer.add_text("config", "| setting | value |\n|---|---|\n" + table, 0)
 
-    def curve(self, points: list[dict]) -> None:
-        for point in points:
-            for key, value in point.items():
-                if key not in ("step", "epoch"):
-                    self.writer.add_scalar(f"train/{key}", value, point["step"])
+    def curve(self, rows: list[tuple[int, dict]]) -> None:
+        for step, values in rows:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
     def final(self, values: dict, step: int) -> None:
@@ -136,12 +136,11 @@ class MlflowRun:
         for i in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics per call
             self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
 
-    def curve(self, points: list[dict]) -> None:
+    def curve(self, rows: list[tuple[int, dict]]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._metrics([Metric(f"train/{k}", v, now, p["step"]) for p in points for k, v in p.items()
-                       if k not in ("step", "epoch")])
+        self._metrics([Metric(k, v, now, step) for step, values in rows for k, v in values.items()])
 
     def final(self, values: dict, step: int) -> None:
         from mlflow.entities import Metric
@@ -186,10 +185,9 @@ class WandbRun:
     def started(self, tags: dict) -> None:
         self.run.config.update({f"tag.{k}": v for k, v in tags.items()}, allow_val_change=True)
 
-    def curve(self, points: list[dict]) -> None:
-        for point in points:
-            self.run.log({f"train/{k}": v for k, v in point.items() if k not in ("step", "epoch")},
-                         step=point["step"])
+    def curve(self, rows: list[tuple[int, dict]]) -> None:
+        for step, values in rows:
+            self.run.log(values, step=step)
 
     def final(self, values: dict, step: int) -> None:
         self.run.summary.update(values)
@@ -211,7 +209,7 @@ class Tracking:
     """The tracked runs of one training run, one per configured tracker; no trackers, no work.
 
     ``begin(step)`` is called once the trainer knows where it starts (0, or the step it resumed at),
-    ``curve(points)`` at each checkpoint and at the end, ``finish(metrics)`` when the job's metrics are
+    ``curve(points, heldout)`` at each checkpoint and at the end, ``finish(metrics)`` when the job's metrics are
     complete, ``close(ok)`` always."""
 
     def __init__(self, trackers=(), results="results", name: str = "", params: dict | None = None,
@@ -245,15 +243,21 @@ class Tracking:
                 backend.started(self.tags)
         self._save_state()
 
-    def curve(self, points: list[dict]) -> float:
-        """Log the points after the last one logged; returns the seconds it took (not training time)."""
+    def curve(self, points: list[dict], heldout: list[dict] = ()) -> float:
+        """Log the loss curve's points after the last one logged, each step with its held-out point where the
+        held-out curve has one (its steps are steps of the loss curve: one record per step, in step order, as
+        W&B's step axis needs); returns the seconds it took (not training time)."""
         if not self.backends:
             return 0.0
         start = time.perf_counter()
+        held = {p["step"]: p for p in heldout}
         for tracker, backend in self.backends.items():
             new = [p for p in points if p["step"] > self.logged[tracker]]
             if new:
-                backend.curve(new)
+                backend.curve([(p["step"], {**{f"train/{k}": v for k, v in p.items() if k not in ("step", "epoch")},
+                                            **{f"heldout/{k}": v for k, v in held.get(p["step"], {}).items()
+                                               if k != "step"}})
+                               for p in new])
                 self.logged[tracker] = new[-1]["step"]
         self._save_state()
         spent = time.perf_counter() - start

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lorabench.execution.curve import HeldoutCurve
 from lorabench.execution.flops import step_flops_per_token
 from lorabench.execution.settings import TrainingSettings
 from lorabench.execution.tracking import Tracking
@@ -50,6 +51,8 @@ class Progress:
     epoch_times: list = field(default_factory=list)
     skipped_steps: int = 0  # fp16 steps skipped by loss scaling (gradient overflow)
     phase_tokens: dict = field(default_factory=dict)  # padded tokens computed per kind of step (train_flops)
+    heldout_curve: list = field(default_factory=list)  # the held-out curve's points so far (execution/curve.py)
+    curve_eval_s: float = 0.0  # seconds spent evaluating them, never training time
 
 
 class Checkpointer:
@@ -158,13 +161,13 @@ def optimizer_step(params, optimizer, scheduler, scaler, max_grad_norm: float, b
 def untrained_metrics(model, precision: Precision = FP32) -> dict:
     """The training metrics of a run with no training loop (the untrained base): zero steps, no time, no
     training memory (NaN: there was no phase to measure), no optimizer state; the same keys as ``train``'s."""
-    return {**run_metrics(Progress(), 0.0, float("nan"), model, None, float("nan"), 0, {}, precision, False),
+    return {**run_metrics(Progress(), 0.0, float("nan"), model, None, float("nan"), 0, {}, precision, False, None),
             "optimizer_state_bytes": 0}
 
 
 def run_metrics(progress: Progress, train_time: float, peak_mb: float, model, optimizer, lr: float,
                 resumed_from_step: int, flops_per_token: dict, precision: Precision,
-                gradient_checkpointing: bool) -> dict:
+                gradient_checkpointing: bool, heldout: HeldoutCurve | None) -> dict:
     """The training metrics of a run as it ended: one place for every key, whether the run trained or not."""
     curve, nan = progress.loss_curve, float("nan")
     return {
@@ -185,14 +188,34 @@ def run_metrics(progress: Progress, train_time: float, peak_mb: float, model, op
         "lr": lr,
         "resumed_from_step": resumed_from_step,
         # Counted, not estimated: each kind of step counted once by torch's FLOP counter, per padded token.
-        "train_flops": sum(flops_per_token[p] * n for p, n in progress.phase_tokens.items()),
+        "train_flops": flops_so_far(progress, flops_per_token),
         "train_flops_per_token": flops_per_token,
         "train_tokens_by_phase": dict(progress.phase_tokens),
         "precision": precision.name,
         "precision_requested": precision.requested,
         "gradient_checkpointing": gradient_checkpointing,
         "fp16_skipped_steps": progress.skipped_steps,
+        "heldout_curve": progress.heldout_curve,
+        "heldout_metric": heldout.metric if heldout else None,
+        "heldout_examples": len(heldout.rows) if heldout else 0,
+        "curve_eval_time_s": progress.curve_eval_s,
     }
+
+
+def flops_so_far(progress: Progress, flops_per_token: dict) -> float:
+    """Training FLOPs of the steps run so far: each kind of step's counted FLOPs per token, times its tokens."""
+    return sum(flops_per_token[p] * n for p, n in progress.phase_tokens.items())
+
+
+def curve_point(curve: HeldoutCurve, model, device, progress: Progress, train_time: float,
+                flops_per_token: dict) -> float:
+    """Evaluate the held-out curve's point at ``progress.step``, record it; returns the seconds it took."""
+    value, se, seconds = curve.point(model, device)
+    progress.heldout_curve.append({"step": progress.step, "train_time_s": train_time,
+                                   "train_flops": flops_so_far(progress, flops_per_token), curve.metric: value,
+                                   "se": se})
+    progress.curve_eval_s += seconds
+    return seconds
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -220,7 +243,7 @@ def memory_probe_batches(batches: list[list[int]], lengths: list[int], start: in
 
 def train(model, method, rows: list[dict], collator, settings: TrainingSettings, lr: float, seed: int,
           device: torch.device, run: RunId, memory: PhaseMemory | None = None, checkpoint_dir=None,
-          precision: Precision = FP32, tracking: Tracking | None = None) -> dict:
+          precision: Precision = FP32, tracking: Tracking | None = None, curve: HeldoutCurve | None = None) -> dict:
     """Train ``model`` in place and return the training metrics of the run.
 
     The forward pass and the loss run under ``precision``'s autocast (none in fp32); trainable weights
@@ -228,7 +251,9 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     it) on the probe micro-batches of ``memory_probe_batches``. With ``checkpoint_dir`` and
     ``settings.checkpoint_every`` > 0, a checkpoint is written every that many optimizer steps and a rerun
     resumes from it; the result equals an uninterrupted run on CPU. ``tracking`` receives the loss curve at
-    each checkpoint and at the end (execution/tracking.py); its time is not training time.
+    each checkpoint and at the end (execution/tracking.py); its time is not training time. ``curve`` evaluates
+    the held-out metric at its steps (execution/curve.py), the last one after ``method.finalize``; its time is
+    not training time either.
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -240,6 +265,7 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     optimizer = method.make_optimizer(params, lr, settings.weight_decay)
     scaler = precision.grad_scaler()
     per_epoch, total_steps = plan_steps(len(rows), settings)
+    curve_at = set(curve.steps(total_steps)) if curve else set()
     scheduler = get_linear_schedule_with_warmup(optimizer, round(settings.warmup_ratio * total_steps), total_steps)
     lengths = [len(r["input_ids"]) for r in rows]
     mask_gen = torch.Generator().manual_seed(seed)  # masked-LM masks; dropout uses the global seed
@@ -304,13 +330,18 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
             bar.set_postfix(loss=f"{progress.loss_curve[-1]['loss']:.4f}", refresh=False)
             if progress.step >= total_steps:
                 break
+            if progress.step in curve_at:  # before a checkpoint of the same step, which then holds the point
+                now = time.perf_counter()
+                spent = curve_point(curve, model, device, progress, progress.elapsed_s + now - segment_start,
+                                    flops_per_token)
+                segment_start, epoch_start = segment_start + spent, epoch_start + spent
             if ckpt and ckpt.due(progress.step):
                 now = time.perf_counter()
                 progress.elapsed_s += now - segment_start
                 progress.epoch_elapsed_s += now - epoch_start
                 segment_start = epoch_start = now
                 ckpt.save(model, optimizer, scheduler, scaler, method, mask_gen, progress)
-                logging_s = tracking.curve(progress.loss_curve)
+                logging_s = tracking.curve(progress.loss_curve, progress.heldout_curve)
                 segment_start, epoch_start = segment_start + logging_s, epoch_start + logging_s
         progress.epoch_times.append(progress.epoch_elapsed_s + time.perf_counter() - epoch_start)
         progress.epoch_elapsed_s = 0.0
@@ -319,8 +350,10 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     method.finalize(model)
     train_time = progress.elapsed_s + time.perf_counter() - segment_start
     bar.close()
-    tracking.curve(progress.loss_curve)
+    if progress.step in curve_at and not any(p["step"] == progress.step for p in progress.heldout_curve):
+        curve_point(curve, model, device, progress, train_time, flops_per_token)  # the model as trained
+    tracking.curve(progress.loss_curve, progress.heldout_curve)
     peak = max(probe_peaks) if probe_peaks else float("nan")
     return run_metrics(progress, train_time, peak, model, optimizer, lr, restored.step if restored else 0,
-                       flops_per_token, precision, settings.gradient_checkpointing)
+                       flops_per_token, precision, settings.gradient_checkpointing, curve)
 

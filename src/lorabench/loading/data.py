@@ -11,7 +11,7 @@ import torch
 from lorabench.io import atomic_dir, snapshot_path, write_json
 from lorabench.loading.hub import download_repo
 
-TRAIN, EVAL = "train", "eval"
+TRAIN, EVAL, HELDOUT = "train", "eval", "heldout"
 
 
 def fetch_dataset(repo: str, config_name: str | None, splits: list[str], snapshots: str, out_dir) -> None:
@@ -90,10 +90,21 @@ def truncated_ids(tok, texts: list[str], max_length: int, truncation: str, head_
     return out
 
 
+def heldout_split(ds: dict) -> str:
+    """The name of the slice held out of a dataset's train split (``holdout_size``)."""
+    return f"{ds['train_split']}[held out: {ds['holdout_size']}]"
+
+
+def scored_on_holdout(ds: dict) -> bool:
+    """Whether the reported metric comes from the held-out slice (``scored_on: holdout``, what a learning-rate
+    sweep needs) rather than the eval split."""
+    return ds.get("scored_on") == "holdout"
+
+
 def evaluated_split(ds: dict) -> str:
     """The split a dataset's reported metric comes from: its eval split, or the slice held out of its train
-    split (a learning-rate sweep)."""
-    return f"{ds['train_split']}[held out: {ds['holdout_size']}]" if ds["holdout_size"] else ds["eval_split"]
+    split (``scored_on: holdout``, a learning-rate sweep)."""
+    return heldout_split(ds) if scored_on_holdout(ds) else ds["eval_split"]
 
 
 def lm_blocks(ids: list[int], block: int, stride: int, limit: int | None, first_window_full: bool = True):
@@ -118,7 +129,8 @@ def lm_blocks(ids: list[int], block: int, stride: int, limit: int | None, first_
 
 def tokenize_dataset(ds: dict, model_dir, raw_dir, subset_seed: int, out_dir, name: str = "<dataset>") -> None:
     """Tokenize the train and eval subsets of one dataset (config key ``name``) for one model; write
-    ``out_dir/{train,eval}``. With ``holdout_size`` the eval part is held out of the train split instead."""
+    ``out_dir/{train,eval}``. With ``holdout_size``, ``out_dir/heldout`` holds that slice of the train split
+    (the held-out curve is scored there); with ``scored_on: holdout`` the eval part is that slice too."""
     import datasets
     from transformers import AutoTokenizer
 
@@ -129,12 +141,14 @@ def tokenize_dataset(ds: dict, model_dir, raw_dir, subset_seed: int, out_dir, na
         train_df = pd.read_parquet(Path(raw_dir) / f"{ds['train_split']}.parquet")
         train_rows, held_rows = split_rows(len(train_df), ds["train_size"], ds["holdout_size"], subset_seed,
                                            holdout_key)
+        sources = {TRAIN: (train_df, train_rows)}
         if ds["holdout_size"]:
-            sources = {TRAIN: (train_df, train_rows), EVAL: (train_df, held_rows)}
+            sources[HELDOUT] = (train_df, held_rows)
+        if scored_on_holdout(ds):
+            sources[EVAL] = sources[HELDOUT]
         else:
             eval_df = pd.read_parquet(Path(raw_dir) / f"{ds['eval_split']}.parquet")
-            sources = {TRAIN: (train_df, train_rows),
-                       EVAL: (eval_df, fixed_subset(len(eval_df), ds["eval_size"], subset_seed))}
+            sources[EVAL] = (eval_df, fixed_subset(len(eval_df), ds["eval_size"], subset_seed))
         for role, (df, rows) in sources.items():
             sub = df.iloc[rows]
             ids = truncated_ids(tok, list(sub[ds["text_field"]]), ds["max_length"], ds["truncation"],
@@ -143,22 +157,26 @@ def tokenize_dataset(ds: dict, model_dir, raw_dir, subset_seed: int, out_dir, na
                 {"example_id": rows.tolist(), "input_ids": ids, "labels": sub[ds["label_field"]].tolist()})
     else:
         blocks, block_labels = _split_windows(tok, raw_dir, ds, ds["train_split"], ds["max_length"], None)
+        windows = {}
         if ds["holdout_size"]:
             # Held-out windows: the last blocks of the train split, disjoint from the first train_size.
             _check_holdout(len(blocks), ds["train_size"], ds["holdout_size"], holdout_key)
             keep = len(blocks) - ds["holdout_size"]
             held = blocks[keep:]
             blocks, block_labels = blocks[:keep], block_labels[:keep]
-            eval_inputs, eval_labels = held, [list(b) for b in held]
+            windows[HELDOUT] = (held, [list(b) for b in held])
+        if scored_on_holdout(ds):
+            windows[EVAL] = windows[HELDOUT]
         else:
-            eval_inputs, eval_labels = _split_windows(tok, raw_dir, ds, ds["eval_split"], ds["stride"],
-                                                      ds["eval_size"])
+            windows[EVAL] = _split_windows(tok, raw_dir, ds, ds["eval_split"], ds["stride"], ds["eval_size"])
         size = ds["train_size"] or len(blocks)
-        for role, inputs, labels in ((TRAIN, blocks[:size], block_labels[:size]), (EVAL, eval_inputs, eval_labels)):
+        windows[TRAIN] = (blocks[:size], block_labels[:size])
+        for role, (inputs, labels) in windows.items():
             parts[role] = datasets.Dataset.from_dict(
                 {"example_id": list(range(len(inputs))), "input_ids": inputs, "labels": labels})
-    for role in (TRAIN, EVAL):
-        split = ds["train_split"] if role == TRAIN else evaluated_split(ds)
+    names = {TRAIN: ds["train_split"], EVAL: evaluated_split(ds), HELDOUT: heldout_split(ds)}
+    for role in parts:
+        split = names[role]
         lengths = [len(x) for x in parts[role]["input_ids"]]
         meta[role] = {"split": split, "examples": len(lengths), "tokens": int(sum(lengths)),
                       "mean_length": float(np.mean(lengths))}
