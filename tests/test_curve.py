@@ -46,6 +46,7 @@ def test_points_sit_at_the_steps_and_their_evaluation_is_not_training_time(token
     assert m["heldout_metric"] == "accuracy" and m["heldout_examples"] == 48
     for p in curve:
         assert 0 <= p["accuracy"] <= 1 and p["se"] == pytest.approx(math.sqrt(p["accuracy"] * (1 - p["accuracy"]) / 48))
+    assert "gain_se" not in curve[0] and all(p["gain_se"] >= 0 for p in curve[1:])  # paired over the 48 sentences
     times, flops = [p["train_time_s"] for p in curve], [p["train_flops"] for p in curve]
     assert all(b > a for a, b in zip(times, times[1:])) and all(b > a for a, b in zip(flops, flops[1:]))
     assert times[-1] == m["train_time_s"] and flops[-1] == m["train_flops"]
@@ -120,3 +121,20 @@ def test_still_improving_needs_a_gain_beyond_what_two_points_can_detect():
     assert heldout_trend(CURVE, "accuracy", True)["heldout_still_improving"] is False  # it fell
     ppl = [{"perplexity": 60.0, "se": 1.0}, {"perplexity": 58.0, "se": 1.0}]
     assert heldout_trend(ppl, "perplexity", False)["heldout_still_improving"] is False  # 2 < 2.8 * 1.41
+    # the same windows at both points: their paired error is far smaller than their own
+    ppl[1]["gain_se"] = 0.5
+    paired = heldout_trend(ppl, "perplexity", False)
+    assert paired["heldout_gain_mde"] == pytest.approx(1.4) and paired["heldout_still_improving"] is True
+
+
+def test_gain_se_is_paired_over_the_examples():
+    from lorabench.execution.curve import HeldoutCurve
+
+    acc = HeldoutCurve([], None, "classification", None, 8, 0, 2)
+    before, now = [1, 0, 0, 1, 0, 1, 0, 0], [1, 1, 0, 1, 1, 1, 0, 0]  # two examples turned right
+    d = np.array(now) - np.array(before)
+    assert acc.gain_se(before, now, 0.5) == pytest.approx(d.std(ddof=1) / math.sqrt(8))
+    ppl = HeldoutCurve([], None, "language_modeling", "causal", 8, 0, 2)
+    nll_before, nll_now = [4.0, 4.2, 3.9, 4.1], [3.8, 4.0, 3.8, 3.9]
+    d = np.array(nll_now) - np.array(nll_before)
+    assert ppl.gain_se(nll_before, nll_now, 50.0) == pytest.approx(50.0 * d.std(ddof=1) / 2)

@@ -141,6 +141,26 @@ def all_runs(pattern):
     return [pattern.format(dataset=d, method=m, seed=s) for d, m in PAIRS for s in SEEDS]
 
 
+def _config_name():
+    """The config file this run reads, as run-times.yaml names it (relative to the repository)."""
+    given = workflow.overwrite_configfiles
+    if not given:
+        return "config.yaml"
+    path = Path(given[-1]).resolve()
+    try:
+        return str(path.relative_to(Path(workflow.basedir).resolve()))
+    except ValueError:
+        return str(path)
+
+
+if workflow.is_main_process:  # not in each cluster job's own Snakemake: once, before the first job
+    from lorabench.runtime.plan import plan_lines
+
+    _other = {efficiency_file(d, m) for d, m in PAIRS}
+    _other |= {f for d, m in PAIRS for f in method_inputs(SimpleNamespace(dataset=d, method=m)).values()}
+    print("\n".join(plan_lines(config, _config_name(), len(PAIRS) * len(SEEDS), len(_other))), file=sys.stderr)
+
+
 def torch_resources(kind):
     """mem_mb / runtime (minutes) for torch jobs, sized for the default CPU run; profiles may override."""
     return {"train": dict(mem_mb=8000, runtime=60), "efficiency": dict(mem_mb=6000, runtime=30)}[kind]

@@ -66,14 +66,16 @@ MDE_Z = 2.8
 def heldout_trend(curve: Sequence[dict], metric: str, higher_is_better: bool) -> dict:
     """Was the held-out metric still improving at the end? ``heldout_last_gain``: the improvement from the
     second-to-last curve point to the last (positive = better); ``heldout_gain_mde``: the smallest gain the two
-    points could detect (MDE_Z x the SE of their difference, the points' SEs taken as independent, which
-    overstates it a little for points on the same examples); ``heldout_still_improving``: the gain exceeds it."""
+    points could detect, MDE_Z x the SE of their difference: paired over the same examples (the last point's
+    ``gain_se``), else the points' SEs taken as independent, which overstates it; ``heldout_still_improving``:
+    the gain exceeds it."""
     if len(curve) < 2:
         return {"heldout_last_gain": float("nan"), "heldout_gain_mde": float("nan"),
                 "heldout_still_improving": float("nan")}
     prev, last = curve[-2], curve[-1]
     gain = (last[metric] - prev[metric]) * (1 if higher_is_better else -1)
-    mde = MDE_Z * math.hypot(prev.get("se", float("nan")), last.get("se", float("nan")))
+    se = last.get("gain_se", math.hypot(prev.get("se", float("nan")), last.get("se", float("nan"))))
+    mde = MDE_Z * se
     return {"heldout_last_gain": gain, "heldout_gain_mde": mde,
             "heldout_still_improving": bool(gain > mde) if math.isfinite(mde) else float("nan")}
 

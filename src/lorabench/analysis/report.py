@@ -212,9 +212,10 @@ def _time_to_quality_section(summary: pd.DataFrame) -> list[str]:
         shown = pd.DataFrame({
             "rank": range(1, len(g) + 1), "method": g["method"], "reached": g["reached"],
             "median_time_to_target_s": [_finite(v, "{:.1f}") for v in g["median_time_to_target_s"]],
-            "interval_s": [f"{_finite(lo, '{:.1f}')} to {_finite(hi, '{:.1f}')} ({c:.0%})"
-                           for lo, hi, c in zip(g["time_interval_low_s"], g["time_interval_high_s"],
-                                                g["interval_coverage"])],
+            "interval_s": [f"{_finite(lo, '{:.1f}')} to {_finite(hi, '{:.1f}')} ({c:.0%})" if n > 1
+                           else "n/a (one seed)"
+                           for lo, hi, c, n in zip(g["time_interval_low_s"], g["time_interval_high_s"],
+                                                   g["interval_coverage"], g["runs"])],
             "median_steps": [_finite(v, "{:.0f}") for v in g["median_steps_to_target"]],
             "median_flops": [_finite(v, "{:.3g}") for v in g["median_flops_to_target"]],
             "median_cost_usd": [_finite(v, "{:.2g}") for v in g["median_cost_to_target_usd"]],
@@ -268,7 +269,7 @@ def _convergence_section(conv: pd.DataFrame) -> list[str]:
                                                    f"{r.seeds} seeds)" for r in unsure.itertuples()) + ".")]
               if len(unsure) else []),
             *([("Held-out metric still improving over its last two curve points by more than their minimum "
-                f"detectable gain ({MDE_Z:g} standard errors of the difference): "
+                f"detectable gain ({MDE_Z:g} standard errors of the difference, paired over the held-out examples): "
                 + ", ".join(f"{r.method} on {r.dataset} ({r.heldout_still_improving} of {r.seeds} seeds)"
                             for r in improving.itertuples()) + ". More training may move these.")]
               if len(improving) else []), "",

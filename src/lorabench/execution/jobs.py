@@ -87,6 +87,7 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
     loader, method, dev, prec = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads, device,
                                        precision, method_inputs)
     memory = PhaseMemory(dev)  # imports every library first: no phase is charged for them
+    clock.lap("load")  # the imports and the method's set-up, not the trackers' start below
     config_slice = {"dataset": dataset_name, "method": method_name, "seed": seed, "dataset_settings": dataset,
                     "model": model_cfg, "method_params": method_params, "training": training,
                     "evaluation": evaluation, "device": device, "precision": precision}
@@ -144,6 +145,7 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
             "lr_reason": method_params.get("lr_reason", ""), "versions": package_versions(),
             "load_peak_mem_mb": load_peak, "memory_note": memory.note,
         }
+        clock.lap("save")  # the outputs and the metrics above (adapter statistics, versions), not tracking
         tracker.finish({**metrics, **scores})  # the summary row: training and evaluation
         clock.lap("tracking")
         metrics["job_phases_s"] = clock.done()

@@ -53,6 +53,7 @@ class Progress:
     phase_tokens: dict = field(default_factory=dict)  # padded tokens computed per kind of step (train_flops)
     heldout_curve: list = field(default_factory=list)  # the held-out curve's points so far (execution/curve.py)
     curve_eval_s: float = 0.0  # seconds spent evaluating them, never training time
+    heldout_outputs: list = field(default_factory=list)  # the last point's per-example outputs (its gain_se)
 
 
 class Checkpointer:
@@ -210,10 +211,13 @@ def flops_so_far(progress: Progress, flops_per_token: dict) -> float:
 def curve_point(curve: HeldoutCurve, model, device, progress: Progress, train_time: float,
                 flops_per_token: dict) -> float:
     """Evaluate the held-out curve's point at ``progress.step``, record it; returns the seconds it took."""
-    value, se, seconds = curve.point(model, device)
-    progress.heldout_curve.append({"step": progress.step, "train_time_s": train_time,
-                                   "train_flops": flops_so_far(progress, flops_per_token), curve.metric: value,
-                                   "se": se})
+    value, se, seconds, outputs = curve.point(model, device)
+    point = {"step": progress.step, "train_time_s": train_time, "train_flops": flops_so_far(progress, flops_per_token),
+             curve.metric: value, "se": se}
+    if progress.heldout_outputs:
+        point["gain_se"] = curve.gain_se(progress.heldout_outputs, outputs, value)
+    progress.heldout_curve.append(point)
+    progress.heldout_outputs = outputs
     progress.curve_eval_s += seconds
     return seconds
 
