@@ -111,6 +111,13 @@ def test_methods_rank_by_median_time_and_misses_count():
     assert list(table["method"]) == ["fast", "slow", "never"]
     assert list(table["reached"]) == ["2 of 3", "3 of 3", "1 of 3"]
     assert table.loc[0, "median_time_to_target_s"] == 6.0 and table.loc[2, "median_time_to_target_s"] == np.inf
+    from lorabench.analysis.report import _time_to_quality_section
+
+    section = "\n".join(_time_to_quality_section(pd.DataFrame(rows)))
+    assert "### sst2: held-out accuracy >= 0.8" in section
+    assert "| 1 | fast | 2 of 3 | 6.0 | 5.0 to not reached (75%) |" in section  # min to max of 3 seeds
+    assert "| - | never | 1 of 3 | not reached |" in section  # most runs missed: no median, no rank
+    assert "Runs that never reached it: fast (1 of 3), never (2 of 3)." in section
 
 
 def test_still_improving_needs_a_gain_beyond_what_two_points_can_detect():

@@ -210,7 +210,9 @@ def _time_to_quality_section(summary: pd.DataFrame) -> list[str]:
         lines += [f"### {dataset}: held-out {metric} {'>=' if HIGHER_IS_BETTER[metric] else '<='} "
                   f"{g['target'].iloc[0]:g}", ""]
         shown = pd.DataFrame({
-            "rank": range(1, len(g) + 1), "method": g["method"], "reached": g["reached"],
+            "rank": [str(i) if np.isfinite(t) else "-"  # no rank without a median time
+                     for i, t in enumerate(g["median_time_to_target_s"], start=1)],
+            "method": g["method"], "reached": g["reached"],
             "median_time_to_target_s": [_finite(v, "{:.1f}") for v in g["median_time_to_target_s"]],
             "interval_s": [f"{_finite(lo, '{:.1f}')} to {_finite(hi, '{:.1f}')} ({c:.0%})" if n > 1
                            else "n/a (one seed)"
