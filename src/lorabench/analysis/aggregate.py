@@ -14,8 +14,8 @@ from lorabench.io import read_json
 ID_COLUMNS = ["dataset", "model_repo", "method", "method_type", "seed", "task", "train_split", "eval_split"]
 # Lists and nested records stay in the per-run JSON files; the summary keeps scalars. job_phases_s is where
 # each job's time went (benchmarks/pipeline_efficiency.py), not a property of the method.
-DROP = {"loss_curve", "heldout_curve", "epoch_times_s", "versions", "job_phases_s", "train_flops_per_token", "train_tokens_by_phase",
-        "adalora_layer_ranks"}
+DROP = {"loss_curve", "heldout_curve", "epoch_times_s", "versions", "job_phases_s", "train_flops_per_token",
+        "train_tokens_by_phase", "adalora_layer_ranks"}
 
 
 def run_row(train_metrics: dict, eval_metrics: dict, target: float | None = None) -> dict:

@@ -139,5 +139,6 @@ def convergence_table(summary: pd.DataFrame, untrained_types=()) -> pd.DataFrame
         "train_steps": g["train_steps"].max(),
     })
     if "heldout_still_improving" in summary:  # the held-out curve's last two points (convergence.heldout_trend)
-        out["heldout_still_improving"] = g["heldout_still_improving"].apply(lambda c: int((c == True).sum()))  # noqa: E712
+        out["heldout_still_improving"] = g["heldout_still_improving"].apply(
+            lambda c: int((c == True).sum()))  # noqa: E712  (True, False or NaN where a run has no curve)
     return out.reset_index()

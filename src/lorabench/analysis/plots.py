@@ -87,7 +87,8 @@ def heldout_curve_table(train_metric_files) -> pd.DataFrame:
         m = read_json(f)
         metric = m.get("heldout_metric")
         for point in m.get("heldout_curve") or []:
-            rows.append({"dataset": m["dataset"], "method": m["method"], "method_type": m.get("method_type", m["method"]),
+            rows.append({"dataset": m["dataset"], "method": m["method"],
+                         "method_type": m.get("method_type", m["method"]),
                          "seed": m["seed"], "step": point["step"], "train_time_s": point["train_time_s"],
                          "train_flops": point["train_flops"], "value": point[metric],
                          "panel": f"{m['dataset']}: held-out {metric}"})

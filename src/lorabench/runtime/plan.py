@@ -59,9 +59,9 @@ def measured_times(config_name: str, path: Path = RUN_TIMES) -> list[dict]:
 def plan_lines(config: dict, config_name: str, train_jobs: int, other_torch_jobs: int) -> list[str]:
     """The lines a run prints before its first job."""
     seeds = len(config["seeds"])
-    lines = [f"{train_jobs} training runs ({seeds} seed{'s' if seeds != 1 else ''}) and {other_torch_jobs} other torch jobs "
-             f"(efficiency timing, predictors), {config['threads']} threads each; Snakemake runs only those whose "
-             "outputs are missing or stale"]
+    lines = [f"{train_jobs} training runs ({seeds} seed{'s' if seeds != 1 else ''}) and {other_torch_jobs} other "
+             f"torch jobs (efficiency timing, predictors), {config['threads']} threads each; Snakemake runs only "
+             "those whose outputs are missing or stale"]
     try:
         device = resolve_device(config["device"])
     except RuntimeError:  # device: cuda, submitted from a machine without one (a cluster's login node)
