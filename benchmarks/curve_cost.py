@@ -10,8 +10,8 @@ machine slows both alike. From the medians and the config's plan:
 - ``curve_share``: curve evaluation time over the training loop's time, for the dataset's curve points and
   holdout_size (or the sizes given with --holdout and --points);
 - ``point_se``: one point's standard error: accuracy sqrt(p(1-p)/n) at p = --accuracy (0.80 by default; at
-  0.5, early in training, it is 1.25x larger); perplexity: the delta-method SE, perplexity x sd(window mean
-  NLL) / sqrt(n), from the evaluated windows, on the untrained model (the trained one's windows vary alike);
+  0.5, early in training, it is 1.25x larger); perplexity: the SE the curve point itself reports (perplexity x
+  sd(window mean NLL) / sqrt(n)), at the last timed point, a few steps into training;
 - ``se_limit``: 2.5 accuracy points, or its perplexity equivalent: 2.5 x the config's perplexity
   equivalence margin (a point of accuracy and 0.5 perplexity are the margins that "do not matter").
 
@@ -100,8 +100,12 @@ def measure(config: dict, dataset: str, method: str, rounds: int, n_held: int, p
         optimizer_step(trainable, optimizer, scheduler, scaler, settings.max_grad_norm)
         return time.perf_counter() - start
 
+    se = []  # the points' own standard errors (perplexity: what the curve reports)
+
     def evaluation() -> float:
-        return curve.point(model, CPU)[2]
+        _, point_se, seconds, _ = curve.point(model, CPU)
+        se.append(point_se)
+        return seconds
 
     step(0)
     evaluation()  # warm-up of both arms
@@ -111,13 +115,7 @@ def measure(config: dict, dataset: str, method: str, rounds: int, n_held: int, p
         for arm in arms:
             (steps if arm is step else examples).append(arm(r + 1) if arm is step else arm())
     out = {"step_s": float(np.median(steps)), "point_s": float(np.median(examples)),
-           "step_iqr": float(np.subtract(*np.percentile(steps, [75, 25])) / np.median(steps))}
-    if ds["task"] != "classification":
-        from lorabench.execution.evaluate import evaluate
-        scores, per = evaluate(model, curve.rows, collator, ds["task"], loader.lm_kind, 64, 0, CPU, precision)
-        window_nll = per["nll_sum"] / per["tokens"]
-        out["perplexity"] = scores["perplexity"]
-        out["window_nll_sd"] = float(window_nll.std(ddof=1))
+           "step_iqr": float(np.subtract(*np.percentile(steps, [75, 25])) / np.median(steps)), "point_se": se[-1]}
     return out
 
 
@@ -155,7 +153,7 @@ def main(argv=None) -> int:
             if ds["task"] == "classification":
                 se, limit = math.sqrt(args.accuracy * (1 - args.accuracy) / n_held), 0.025
             else:
-                se = m["perplexity"] * m["window_nll_sd"] / math.sqrt(n_held)
+                se = m["point_se"]
                 limit = 2.5 * config["evaluation"]["equivalence_margin"]["perplexity"]
             print(f"{dataset} {method} {total} {points} {n_held} {m['step_s']:.4f} {m['point_s']:.3f} "
                   f"{m['step_iqr']:.2f} {share:.3f} {se:.4f} {limit:.4f}", flush=True)

@@ -15,7 +15,7 @@ import jsonschema
 
 from lorabench.config.schema import load_schema, method_defaults, method_settings
 from lorabench.config.tracking import INSTALL, TRACKERS, not_installed
-from lorabench.config.views import curve_points, dataset_training
+from lorabench.config.views import curve_points, dataset_training, optimizer_steps
 from lorabench.io import snapshot_path
 
 
@@ -213,14 +213,10 @@ def _check_dataset_training(config: dict) -> None:
 
 def _optimizer_steps(config: dict, name: str) -> int | None:
     """A dataset's optimizer steps per run, where its config fixes them (train_size given); else None."""
-    from math import ceil
-
     ds, training = config["datasets"][name], dataset_training(config, name)
     if not ds["train_size"]:
         return training.get("max_steps")
-    per_epoch = ceil(ceil(ds["train_size"] / training["batch_size"]) / training["grad_accum_steps"])
-    total = per_epoch * training["epochs"]
-    return min(total, training["max_steps"]) if training.get("max_steps") else total
+    return optimizer_steps(ds["train_size"], training)[1]
 
 
 def _check_curves(config: dict) -> None:

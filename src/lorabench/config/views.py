@@ -3,6 +3,8 @@ entry and training settings, and the canonical key order that keeps Snakemake's 
 
 from __future__ import annotations
 
+import math
+
 
 def method_params_on(config: dict, method: str, model: str) -> dict:
     """A method's settings on ``model``'s datasets, as its jobs see them: the entry with ``by_model.<model>``
@@ -47,6 +49,18 @@ def curve_points(config: dict, dataset: str) -> int:
         return 0
     own = ds.get("curve_points")
     return own if own is not None else config["evaluation"].get("curve_points", 0)
+
+
+def optimizer_steps(n_examples: int, training: dict) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps) of a run on ``n_examples`` training examples under
+    ``training`` (a training section: batch_size, grad_accum_steps, epochs, max_steps). The trainer plans its
+    loop with it and validation checks the curve points against it: one count for both."""
+    micro = math.ceil(n_examples / training["batch_size"])
+    per_epoch = math.ceil(micro / training["grad_accum_steps"])
+    total = per_epoch * training["epochs"]
+    if training.get("max_steps"):
+        total = min(total, training["max_steps"])
+    return per_epoch, total
 
 
 def dataset_training(config: dict, dataset: str) -> dict:

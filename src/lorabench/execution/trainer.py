@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lorabench.config.views import optimizer_steps
 from lorabench.execution.curve import HeldoutCurve
 from lorabench.execution.flops import step_flops_per_token
 from lorabench.execution.settings import TrainingSettings
@@ -119,12 +119,7 @@ class Checkpointer:
 
 def plan_steps(n_examples: int, settings: TrainingSettings) -> tuple[int, int]:
     """(optimizer steps per epoch, total optimizer steps) for this many training examples."""
-    micro = math.ceil(n_examples / settings.batch_size)
-    per_epoch = math.ceil(micro / settings.grad_accum_steps)
-    total = per_epoch * settings.epochs
-    if settings.max_steps:
-        total = min(total, settings.max_steps)
-    return per_epoch, total
+    return optimizer_steps(n_examples, asdict(settings))
 
 
 def forward_backward(model, method, batch: dict, precision: Precision, scaler,
@@ -354,8 +349,8 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     method.finalize(model)
     train_time = progress.elapsed_s + time.perf_counter() - segment_start
     bar.close()
-    if progress.step in curve_at and not any(p["step"] == progress.step for p in progress.heldout_curve):
-        curve_point(curve, model, device, progress, train_time, flops_per_token)  # the model as trained
+    if progress.step in curve_at:  # the loop stops before the last step's point: taken here, on the model as trained
+        curve_point(curve, model, device, progress, train_time, flops_per_token)
     tracking.curve(progress.loss_curve, progress.heldout_curve)
     peak = max(probe_peaks) if probe_peaks else float("nan")
     return run_metrics(progress, train_time, peak, model, optimizer, lr, restored.step if restored else 0,
