@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lorabench.config.views import dataset_entry
-from lorabench.execution.trainer import forward_backward, optimizer_step
+from lorabench.execution.trainer import LossLog, Progress, RunId, micro_batch, optimizer_step
 from lorabench.loading.data import fetch_dataset, tokenize_dataset
 from lorabench.loading.models import fetch_model
 from lorabench.methods import build_method
@@ -43,14 +43,22 @@ class Arm:
         self.scaler = precision.grad_scaler()
         self.precision = precision
         self.settings = settings
+        self.device = torch.device("cpu")
+        self.mask_gen = torch.Generator().manual_seed(seed)
+        self.progress = Progress()
+        self.losses = LossLog(self.progress, RunId(name, "benchmark", seed))
 
     def ours(self, examples, collator, step: int, total_steps: int) -> float:
-        """What trainer.train runs per step: collate, forward_backward, optimizer_step, method hook."""
+        """What trainer.train runs per step, with its own functions: ``micro_batch`` (collate, count, copy,
+        forward and backward), ``optimizer_step``, the method's hook, the loss kept on the device in a
+        ``LossLog`` and read when it is due."""
         start = time.perf_counter()
-        batch = collator(examples)
-        forward_backward(self.model, self.method, batch, self.precision, self.scaler, 1)
+        loss, total = micro_batch(self.model, self.method, examples, collator, self.mask_gen, self.device,
+                                  self.precision, self.scaler, 1, self.progress)
         optimizer_step(self.params, self.optimizer, self.scheduler, self.scaler, self.settings.max_grad_norm)
         self.method.on_optimizer_step(self.model, step, total_steps)
+        if self.losses.add(step, 0, self.scheduler.get_last_lr()[0], loss, total):
+            self.losses.read()
         return time.perf_counter() - start
 
     def bare(self, batch) -> float:

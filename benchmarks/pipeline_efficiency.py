@@ -6,12 +6,16 @@ throughput, size), FLOPs counting, start-up and load (interpreter, imports, buil
 everything else (saving, fetching, tokenizing, aggregation, figures, Snakemake's own scheduling). The last
 line is
 
-    train_share=X curve_share=C jobs=N wall_s=S
+    train_share=X train_share_excl_curves=Y curve_share=C jobs=N processes=P startup_load_s_per_process=L wall_s=S
 
-with train_share = summed training-loop time / the run's wall time, curve_share = the held-out curve's
-evaluation time / the training loops' time (its budget: 10%), jobs = Snakemake jobs (one ``benchmark:`` file
-each) and wall_s = from the first job's start to the last job's end (each ``results/benchmarks/**.tsv`` is
-written when its job ends and holds the job's seconds).
+with train_share = summed training-loop time / the run's wall time; train_share_excl_curves = the same with
+the held-out curve's evaluations taken out of the wall time (they have their own budget); curve_share = the
+held-out curve's evaluation time / the training loops' time (its budget: 10%); jobs = Snakemake jobs (one
+``benchmark:`` file each); processes = the Python processes the run started (every rule runs a ``script:``,
+so one per job, plus Snakemake's own); startup_load_s_per_process = the mean start-up (interpreter, imports)
+plus load (model and data) of the torch jobs, which record it; wall_s = from the first job's start to the
+last job's end (each ``results/benchmarks/**.tsv`` is written when its job ends and holds the job's seconds).
+A table before it gives the start-up and load per kind of torch job.
 
 The phases come from ``job_phases_s`` in each run's train_metrics.json and each efficiency JSON. Results
 of older layouts (separate evaluate and flops jobs, no phases) are read too: their training loops and
@@ -47,8 +51,10 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def phase_seconds(results: Path, jobs: pd.DataFrame) -> dict[str, float]:
-    """Summed seconds per category over every torch job (everything else is filled in by the caller)."""
+def phase_seconds(results: Path, jobs: pd.DataFrame, startup: list | None = None) -> dict[str, float]:
+    """Summed seconds per category over every torch job (everything else is filled in by the caller); each
+    torch job's (kind, start-up s, load s) appended to ``startup``."""
+    startup = [] if startup is None else startup
     total = dict.fromkeys(CATEGORIES[:-1], 0.0)
     for train_json in (results / "runs").rglob("train_metrics.json"):
         m = _json(train_json)
@@ -58,6 +64,7 @@ def phase_seconds(results: Path, jobs: pd.DataFrame) -> dict[str, float]:
             total["evaluation"] += phases["evaluation"]
             total["held-out curve"] += phases.get("curve", 0.0)
             total["start-up and load"] += phases["startup"] + phases["load"]
+            startup.append(("train", phases["startup"], phases["load"]))
             total["tracking"] += phases.get("tracking", 0.0)  # with `tracking:` on: opening, final metrics
         else:  # older layout: the evaluation forward was timed by a separate evaluate job
             eval_json = train_json.parent / "eval_metrics.json"
@@ -68,6 +75,7 @@ def phase_seconds(results: Path, jobs: pd.DataFrame) -> dict[str, float]:
         total["efficiency timing"] += phases["efficiency_timing"]
         total["FLOPs"] += phases["flops"]
         total["start-up and load"] += phases["startup"] + phases["load"]
+        startup.append(("efficiency", phases["startup"], phases["load"]))
     total["FLOPs"] += jobs.loc[jobs["rule"] == "flops", "s"].sum()  # older layout: whole flops jobs
     return total
 
@@ -75,14 +83,22 @@ def phase_seconds(results: Path, jobs: pd.DataFrame) -> dict[str, float]:
 def breakdown(results: Path) -> tuple[pd.DataFrame, dict]:
     jobs = job_times(results)
     wall = float((jobs["end"]).max() - (jobs["end"] - jobs["s"]).min())
-    seconds = phase_seconds(results, jobs)
+    startup = []
+    seconds = phase_seconds(results, jobs, startup)
     seconds["everything else"] = wall - sum(seconds.values())
     table = pd.DataFrame({"where": CATEGORIES, "seconds": [seconds[c] for c in CATEGORIES]})
     table["share_of_wall"] = table["seconds"] / wall
     by_rule = jobs.groupby("rule")["s"].agg(["count", "sum", "mean"]).sort_values("sum", ascending=False)
     loops = seconds["training loops"]
+    per_process = pd.DataFrame(startup, columns=["job", "startup_s", "load_s"])
+    by_kind = per_process.groupby("job").agg(processes=("startup_s", "size"), startup_s_mean=("startup_s", "mean"),
+                                             load_s_mean=("load_s", "mean"))
     totals = {"train_share": loops / wall, "curve_share": seconds["held-out curve"] / loops if loops else 0.0,
-              "jobs": len(jobs), "wall_s": wall,
+              "train_share_excl_curves": loops / (wall - seconds["held-out curve"]),
+              "processes": len(jobs) + 1,
+              "startup_load_s_per_process": float((per_process["startup_s"] + per_process["load_s"]).mean())
+              if len(per_process) else float("nan"),
+              "startup_by_kind": by_kind, "jobs": len(jobs), "wall_s": wall,
               "job_seconds": float(jobs["s"].sum()), "by_rule": by_rule}
     return table, totals
 
@@ -97,10 +113,14 @@ def main(argv=None) -> int:
     print(table.to_string(index=False, formatters={"seconds": "{:.0f}".format, "share_of_wall": "{:.1%}".format}))
     print("\njobs by rule (Snakemake benchmark seconds):")
     print(totals["by_rule"].to_string(float_format="{:.1f}".format))
+    print(f"\nPython processes: {totals['processes']} (one per job, every rule runs a script, plus Snakemake's own);"
+          " start-up and load of the torch jobs (seconds, mean per process):")
+    print(totals["startup_by_kind"].to_string(float_format="{:.1f}".format))
     if (table["seconds"] < 0).any():
         print("note: 'everything else' is negative: jobs ran in parallel, so summed phases exceed the wall time")
-    print(f"train_share={totals['train_share']:.3f} curve_share={totals['curve_share']:.3f} jobs={totals['jobs']} "
-          f"wall_s={totals['wall_s']:.0f}")
+    print(f"train_share={totals['train_share']:.3f} train_share_excl_curves={totals['train_share_excl_curves']:.3f} "
+          f"curve_share={totals['curve_share']:.3f} jobs={totals['jobs']} processes={totals['processes']} "
+          f"startup_load_s_per_process={totals['startup_load_s_per_process']:.1f} wall_s={totals['wall_s']:.0f}")
     return 0
 
 

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lorabench.execution.jobs import train_run
-from lorabench.execution.trainer import DivergenceError
+from lorabench.execution.trainer import DivergenceError, LossLog, Progress, RunId
+from lorabench.io import sweep_stale_temps, write_json
 from lorabench.loading.data import load_tokenized, tokenize_dataset
 
 from conftest import MINILM, REPO
@@ -108,6 +109,41 @@ def test_nan_loss_stops_with_a_message_and_no_outputs(tokenized, tmp_path):
     for part in ("method=lora", "dataset=sst2", "seed=7", "step 1", "nan"):
         assert part in msg, msg
     assert not (out / "train_metrics.json").exists() and not (out / "model").exists()
+
+
+def test_losses_are_read_in_batches_and_a_non_finite_one_is_named_by_its_step():
+    progress = Progress()
+    log = LossLog(progress, RunId("lora", "sst2", 0))
+    one = torch.tensor(1.0)
+    due = [log.add(step, 0, 1e-3, one * step, one * step) for step in range(1, LossLog.READ_EVERY + 1)]
+    assert due == [False] * (LossLog.READ_EVERY - 1) + [True] and progress.loss_curve == []  # nothing read yet
+    log.read()
+    assert [p["loss"] for p in progress.loss_curve] == list(range(1, LossLog.READ_EVERY + 1))
+    log.add(33, 0, 1e-3, one, one)
+    log.add(34, 0, 1e-3, one, torch.tensor(float("inf")))  # the total (with regularization) is what diverges
+    log.add(35, 0, 1e-3, torch.tensor(float("nan")), torch.tensor(float("nan")))
+    with pytest.raises(DivergenceError, match=r"loss is inf at optimizer step 34 \(method=lora dataset=sst2 seed=0\)"):
+        log.read()
+    assert progress.loss_curve[-1]["step"] == 33
+
+
+def test_a_killed_writers_temp_files_are_swept_and_a_live_writers_are_kept(tmp_path):
+    final = tmp_path / "train_metrics.json"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = __import__("socket").gethostname()
+    stale_file = tmp_path / f".train_metrics.json.{host}.{int(dead.stdout)}.abc.tmp"
+    stale_dir = tmp_path / f".train_metrics.json.{host}.{int(dead.stdout)}.def.tmp"
+    live = tmp_path / f".train_metrics.json.{host}.{os.getpid()}.ghi.tmp"
+    other_host = tmp_path / f".train_metrics.json.elsewhere.{int(dead.stdout)}.jkl.tmp"
+    stale_file.write_text("{")
+    (stale_dir / "inner").mkdir(parents=True)
+    live.write_text("{")
+    other_host.write_text("{")
+    write_json(final, {"a": 1})
+    assert not stale_file.exists() and not stale_dir.exists()
+    assert live.exists() and other_host.exists() and json.loads(final.read_text()) == {"a": 1}
+    live.unlink()
+    assert sweep_stale_temps(final) == []
 
 
 def _tokenize_into(args):

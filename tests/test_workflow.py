@@ -293,21 +293,30 @@ def test_pipeline_efficiency_accounts_for_the_smoke_run(smoke_run, capsys, monke
 
     assert pipeline_efficiency.main([str(smoke_run / "results")]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    m = re.fullmatch(r"train_share=([\d.]+) curve_share=([\d.]+) jobs=(\d+) wall_s=(\d+)", out[-1])
+    m = re.fullmatch(r"train_share=([\d.]+) train_share_excl_curves=([\d.]+) curve_share=([\d.]+) jobs=(\d+) "
+                     r"processes=(\d+) startup_load_s_per_process=([\d.]+) wall_s=(\d+)", out[-1])
     assert m, out[-1]
+    share, share_excl, curve_share, jobs, processes, startup, _ = m.groups()
     cfg = smoke_config()
     pairs = len(run_pairs(cfg))
     benchmarks = list((smoke_run / "results" / "benchmarks").rglob("*.tsv"))
-    assert int(m.group(3)) == len(benchmarks) >= pairs * len(cfg["seeds"]) + pairs
+    assert int(jobs) == len(benchmarks) >= pairs * len(cfg["seeds"]) + pairs
+    assert int(processes) == int(jobs) + 1
     table, totals = pipeline_efficiency.breakdown(smoke_run / "results")
     seconds = table.set_index("where")["seconds"]
     loops = sum(json.loads(p.read_text())["train_time_s"] for p in (smoke_run / "results" / "runs").rglob("train_metrics.json"))
     assert seconds["training loops"] == pytest.approx(loops, rel=1e-6)
-    assert float(m.group(1)) == pytest.approx(loops / totals["wall_s"], abs=1e-3)
+    assert float(share) == pytest.approx(loops / totals["wall_s"], abs=1e-3)
     curves = sum(json.loads(p.read_text())["curve_eval_time_s"]
                  for p in (smoke_run / "results" / "runs").rglob("train_metrics.json"))
     assert seconds["held-out curve"] == pytest.approx(curves, rel=1e-6)
-    assert float(m.group(2)) == pytest.approx(curves / loops, abs=1e-3)
+    assert float(curve_share) == pytest.approx(curves / loops, abs=1e-3)
+    assert float(share_excl) == pytest.approx(loops / (totals["wall_s"] - curves), abs=1e-3)
+    assert float(share_excl) > float(share)
+    phases = [json.loads(p.read_text())["job_phases_s"] for p in (smoke_run / "results").rglob("*.json")
+              if p.parent.parent.name == "efficiency" or p.name == "train_metrics.json"]
+    assert float(startup) == pytest.approx(sum(ph["startup"] + ph["load"] for ph in phases) / len(phases), abs=0.05)
+    assert set(totals["startup_by_kind"].index) == {"train", "efficiency"}
     for where in ("held-out curve", "evaluation", "efficiency timing", "FLOPs", "start-up and load"):
         assert seconds[where] > 0, where
     assert seconds.sum() == pytest.approx(totals["wall_s"])  # every second of the wall time is placed

@@ -3,9 +3,11 @@ disk, package versions, a job's log. The CPU-only analysis jobs read their input
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -15,11 +17,43 @@ from pathlib import Path
 import numpy as np
 
 
+def _temp_prefix(final: Path) -> str:
+    """Prefix of a temporary sibling of ``final``: host and process, so that a later writer can tell a killed
+    writer's leftovers from a live writer's work (two jobs may fill one cache at once)."""
+    return f".{final.name}.{socket.gethostname()}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temps(final: Path) -> list[Path]:
+    """Remove the temporary siblings of ``final`` (``write_json``'s files, ``atomic_dir``'s folders) that a writer
+    on this host left when it was killed (its process is gone); a live writer's, or another host's, stay.
+    Returns what was removed."""
+    head = f".{final.name}.{socket.gethostname()}."
+    removed = []
+    for path in final.parent.glob(glob.escape(head) + "*"):
+        pid = path.name[len(head):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def write_json(path: str | Path, data) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename), so a killed job leaves no half file."""
+    """Write JSON atomically (temp file in the same folder, then rename), so a killed job leaves no half file;
+    a temp file a killed writer left is removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    sweep_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2, sort_keys=True, default=_json_default)
         fh.write("\n")
@@ -45,11 +79,12 @@ def atomic_dir(final: str | Path):
 
     Readers never see a half-written folder. Two writers of the same folder (two jobs filling one
     cache) each fill their own temp folder; each then swaps its complete folder in, so the result is
-    always one writer's complete output, never a mix.
+    always one writer's complete output, never a mix. A temp folder a killed writer left is removed first.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    sweep_stale_temps(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_temp_prefix(final), suffix=".tmp"))
     try:
         yield tmp
         for _ in range(10):
@@ -57,7 +92,7 @@ def atomic_dir(final: str | Path):
                 os.rename(tmp, final)  # atomic; fails if final exists and is not empty
                 break
             except OSError:
-                trash = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+                trash = Path(tempfile.mkdtemp(dir=final.parent, prefix=_temp_prefix(final), suffix=".old"))
                 try:
                     os.replace(final, trash / "x")  # move the old one aside atomically
                 except FileNotFoundError:

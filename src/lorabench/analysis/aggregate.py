@@ -64,8 +64,9 @@ def summarize(train_files, eval_files, efficiency_of: Mapping | None = None,
         rows.append(run_row(train, read_json(ef), targets.get(train["dataset"])))
     df = pd.DataFrame(rows)
     if efficiency_of:
+        # A key both jobs write (memory_note: how each measured its memory) keeps both, named by the job.
         df = df.merge(efficiency_table(efficiency_of), on=["dataset", "method"], how="left",
-                      validate="many_to_one")
+                      validate="many_to_one", suffixes=("_train", "_efficiency"))
         # fvcore's estimate of the whole run's training FLOPs (per-example forward+backward times examples seen),
         # next to train_flops, which the training job counted from what it computed (torch's FLOP counter).
         df["train_flops_estimate"] = df["train_flops_per_example"] * df["train_examples_seen"]

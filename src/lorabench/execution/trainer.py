@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -54,6 +55,7 @@ class Progress:
     heldout_curve: list = field(default_factory=list)  # the held-out curve's points so far (execution/curve.py)
     curve_eval_s: float = 0.0  # seconds spent evaluating them, never training time
     heldout_outputs: list = field(default_factory=list)  # the last point's per-example outputs (its gain_se)
+    probe_peaks: list = field(default_factory=list)  # training memory of the probe micro-batches measured so far
 
 
 class Checkpointer:
@@ -126,16 +128,72 @@ def forward_backward(model, method, batch: dict, precision: Precision, scaler,
                      accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One micro-batch: forward and loss under autocast, the method's extra loss, scaled backward.
 
-    Returns (task loss, task loss + regularization), detached fp32 scalars; a non-finite total is not
-    backpropagated (the caller stops the run). ``train`` and the overhead benchmark both call this, so they
-    time exactly the same step."""
+    Returns (task loss, task loss + regularization), detached fp32 scalars left on the device: nothing here
+    reads a value on the host, so a GPU never waits for the CPU (``LossLog`` reads them in batches and stops a
+    diverging run). ``train`` and the benchmarks call this, so they time exactly the same step."""
     with precision.autocast():
         loss = model(**batch).loss
     extra = method.regularization(model)  # on the fp32 adapter weights, outside autocast
     total = loss.float() if extra is None else loss.float() + extra
-    if torch.isfinite(total):
-        scaler.scale(total / accum_steps).backward()
+    scaler.scale(total / accum_steps).backward()
     return loss.detach().float(), total.detach()
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A collated batch on ``device``. To a GPU through pinned memory, without blocking: a copy from pageable
+    memory would make the host wait for every kernel queued before it."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def micro_batch(model, method, examples: list[dict], collator, mask_gen: torch.Generator, device: torch.device,
+                precision: Precision, scaler, accum_steps: int, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """One micro-batch as ``train`` runs it: collate (masked-LM masks drawn from ``mask_gen``), count its tokens
+    on the host before the copy, move it to the device, ``forward_backward``. Returns its (task loss, total
+    loss), each divided by ``accum_steps``, on the device and unread."""
+    batch = collator(examples, generator=mask_gen)
+    progress.tokens += int(batch["attention_mask"].sum())
+    progress.examples += len(examples)
+    phase = method.compute_phase()
+    progress.phase_tokens[phase] = progress.phase_tokens.get(phase, 0) + batch["input_ids"].numel()
+    loss, total = forward_backward(model, method, to_device(batch, device), precision, scaler, accum_steps)
+    return loss / accum_steps, total / accum_steps
+
+
+class LossLog:
+    """The loss of each optimizer step, kept on the device until read, then read in one go.
+
+    Reading a value on the host is a sync: on a GPU, where a step of a small model takes milliseconds, a read
+    per step would leave the device idle while the CPU queues the next step. The log is read every
+    ``READ_EVERY`` steps, before each checkpoint and curve point, and at the end. A non-finite loss then stops
+    the run with ``DivergenceError``, naming the first step it occurred at; no checkpoint or output is written
+    after it, since every checkpoint reads the log first."""
+
+    READ_EVERY = 32
+
+    def __init__(self, progress: Progress, run: RunId):
+        self.progress, self.run = progress, run
+        self.pending: list[tuple[dict, torch.Tensor]] = []
+
+    def add(self, step: int, epoch: int, lr: float, loss: torch.Tensor, total: torch.Tensor) -> bool:
+        """Record step ``step``'s (task loss, total loss); True when the log is due to be read."""
+        self.pending.append(({"step": step, "epoch": epoch, "lr": lr}, torch.stack([loss, total])))
+        return len(self.pending) >= self.READ_EVERY
+
+    def read(self) -> None:
+        """Move the pending losses to ``progress.loss_curve``; DivergenceError at the first non-finite one."""
+        if not self.pending:
+            return
+        values = torch.stack([v for _, v in self.pending]).tolist()
+        for (point, _), (loss, total) in zip(self.pending, values):
+            if not math.isfinite(total):
+                self.pending = []
+                raise DivergenceError(f"loss is {total} at optimizer step {point['step']} ({self.run}); "
+                                      "lower the learning rate or check the data; no output was written")
+            self.progress.loss_curve.append({"step": point["step"], "epoch": point["epoch"], "loss": loss,
+                                             "lr": point["lr"]})
+        self.pending = []
 
 
 def optimizer_step(params, optimizer, scheduler, scaler, max_grad_norm: float, before_zero_grad=None) -> bool:
@@ -228,16 +286,17 @@ def enable_gradient_checkpointing(model) -> None:
     base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
-def memory_probe_batches(batches: list[list[int]], lengths: list[int], start: int = 0) -> set[int]:
-    """Micro-batches (from ``start`` on) whose memory is measured exactly: the first two, since the first
+def memory_probe_batches(batches: list[list[int]], lengths: list[int]) -> set[int]:
+    """Micro-batches of the first epoch whose memory is measured exactly: the first two, since the first
     optimizer step allocates the optimizer state and the second runs with it in place, and the longest
     batch, which holds the largest activations. Every other step repeats these allocations at a size in
-    between, so their peak is the loop's; measuring all of them exactly would slow training (memory.py)."""
-    ahead = range(start, len(batches))
-    if not ahead:
+    between, so their peak is the loop's; measuring all of them exactly would slow training (memory.py). A
+    resumed run measures the probes it had not reached, and keeps the peaks of those it had (Progress), so
+    it measures the same batches as an uninterrupted run."""
+    if not batches:
         return set()
-    longest = max(ahead, key=lambda i: max(lengths[j] for j in batches[i]))
-    return set(ahead[:2]) | {longest}
+    longest = max(range(len(batches)), key=lambda i: max(lengths[j] for j in batches[i]))
+    return {0, 1, longest} & set(range(len(batches)))
 
 
 def train(model, method, rows: list[dict], collator, settings: TrainingSettings, lr: float, seed: int,
@@ -275,6 +334,7 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
         ckpt = Checkpointer(checkpoint_dir, settings.checkpoint_every, fingerprint)
     restored = ckpt.load(model, optimizer, scheduler, scaler, method, mask_gen) if ckpt else None
     progress = restored or Progress()
+    losses = LossLog(progress, run)
     tracking = tracking or Tracking()
     tracking.begin(progress.step)
     method.on_train_start(model, progress.step, total_steps, lambda: calibration_batches(rows, collator))
@@ -285,67 +345,66 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     flops_per_token = step_flops_per_token(model, method, {k: v[:2].to(device) for k, v in first.items()}, precision)
 
     bar = tqdm(total=total_steps, initial=progress.step, desc=str(run), file=sys.stderr, mininterval=5)
-    probe_peaks = []  # training memory: peaks of the probe micro-batches, each measured exact (memory.py)
+    probe_peaks = progress.probe_peaks  # training memory: peaks of the probe micro-batches, measured exact
     segment_start = time.perf_counter()
-    while progress.epoch < settings.epochs and progress.step < total_steps:
-        epoch_start = time.perf_counter()
-        batches = length_grouped_batches(lengths, settings.batch_size, np.random.default_rng([seed, progress.epoch]))
-        probes = (memory_probe_batches(batches, lengths, progress.batch)
-                  if memory is not None and not probe_peaks else set())
-        running = 0.0
-        for i in range(progress.batch, len(batches)):
-            idx = batches[i]
-            if i in probes:
-                memory.start(exact=True)
-            batch = collator([rows[j] for j in idx], generator=mask_gen)
-            progress.tokens += int(batch["attention_mask"].sum())
-            progress.examples += len(idx)
-            phase = method.compute_phase()
-            progress.phase_tokens[phase] = progress.phase_tokens.get(phase, 0) + batch["input_ids"].numel()
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss, total = forward_backward(model, method, batch, precision, scaler, settings.grad_accum_steps)
-            if not torch.isfinite(total):
-                bar.close()
-                raise DivergenceError(f"loss is {total.item()} at optimizer step {progress.step + 1} ({run}); "
-                                      "lower the learning rate or check the data; no output was written")
-            running += loss.item() / settings.grad_accum_steps
-            if (i + 1) % settings.grad_accum_steps and i + 1 < len(batches):
+    try:
+        while progress.epoch < settings.epochs and progress.step < total_steps:
+            epoch_start = time.perf_counter()
+            batches = length_grouped_batches(lengths, settings.batch_size, np.random.default_rng([seed, progress.epoch]))
+            probes = ({i for i in memory_probe_batches(batches, lengths) if i >= progress.batch}
+                      if memory is not None and progress.epoch == 0 else set())
+            loss = total = None  # the optimizer step's losses so far, on the device
+            for i in range(progress.batch, len(batches)):
+                idx = batches[i]
+                if i in probes:
+                    memory.start(exact=True)
+                step_loss, step_total = micro_batch(model, method, [rows[j] for j in idx], collator, mask_gen, device,
+                                                    precision, scaler, settings.grad_accum_steps, progress)
+                loss, total = (step_loss, step_total) if loss is None else (loss + step_loss, total + step_total)
+                if (i + 1) % settings.grad_accum_steps and i + 1 < len(batches):
+                    if i in probes:
+                        probe_peaks.append(memory.stop())
+                    continue
+                step = progress.step + 1
+                if not optimizer_step(params, optimizer, scheduler, scaler, settings.max_grad_norm,
+                                      lambda: method.on_gradients(model, step, total_steps)):
+                    progress.skipped_steps += 1
+                progress.step += 1
+                progress.batch = i + 1
                 if i in probes:
                     probe_peaks.append(memory.stop())
-                continue
-            step = progress.step + 1
-            if not optimizer_step(params, optimizer, scheduler, scaler, settings.max_grad_norm,
-                                  lambda: method.on_gradients(model, step, total_steps)):
-                progress.skipped_steps += 1
-            progress.step += 1
-            progress.batch = i + 1
-            if i in probes:
-                probe_peaks.append(memory.stop())
-            method.on_optimizer_step(model, progress.step, total_steps)
-            progress.loss_curve.append({"step": progress.step, "epoch": progress.epoch, "loss": running,
-                                        "lr": scheduler.get_last_lr()[0]})
-            running = 0.0
-            bar.update(1)
-            bar.set_postfix(loss=f"{progress.loss_curve[-1]['loss']:.4f}", refresh=False)
-            if progress.step >= total_steps:
-                break
-            if progress.step in curve_at:  # before a checkpoint of the same step, which then holds the point
-                now = time.perf_counter()
-                spent = curve_point(curve, model, device, progress, progress.elapsed_s + now - segment_start,
-                                    flops_per_token)
-                segment_start, epoch_start = segment_start + spent, epoch_start + spent
-            if ckpt and ckpt.due(progress.step):
-                now = time.perf_counter()
-                progress.elapsed_s += now - segment_start
-                progress.epoch_elapsed_s += now - epoch_start
-                segment_start = epoch_start = now
-                ckpt.save(model, optimizer, scheduler, scaler, method, mask_gen, progress)
-                logging_s = tracking.curve(progress.loss_curve, progress.heldout_curve)
-                segment_start, epoch_start = segment_start + logging_s, epoch_start + logging_s
-        progress.epoch_times.append(progress.epoch_elapsed_s + time.perf_counter() - epoch_start)
-        progress.epoch_elapsed_s = 0.0
-        progress.epoch += 1
-        progress.batch = 0
+                method.on_optimizer_step(model, progress.step, total_steps)
+                if losses.add(progress.step, progress.epoch, scheduler.get_last_lr()[0], loss, total):
+                    losses.read()
+                    bar.set_postfix(loss=f"{progress.loss_curve[-1]['loss']:.4f}", refresh=False)
+                loss = total = None
+                bar.update(1)
+                if progress.step >= total_steps:
+                    break
+                if progress.step in curve_at:  # before a checkpoint of the same step, which then holds the point
+                    losses.read()
+                    now = time.perf_counter()
+                    spent = curve_point(curve, model, device, progress, progress.elapsed_s + now - segment_start,
+                                        flops_per_token)
+                    segment_start, epoch_start = segment_start + spent, epoch_start + spent
+                if ckpt and ckpt.due(progress.step):
+                    losses.read()
+                    now = time.perf_counter()
+                    progress.elapsed_s += now - segment_start
+                    progress.epoch_elapsed_s += now - epoch_start
+                    segment_start = epoch_start = now
+                    ckpt.save(model, optimizer, scheduler, scaler, method, mask_gen, progress)
+                    logging_s = tracking.curve(progress.loss_curve, progress.heldout_curve)
+                    segment_start, epoch_start = segment_start + logging_s, epoch_start + logging_s
+            progress.epoch_times.append(progress.epoch_elapsed_s + time.perf_counter() - epoch_start)
+            progress.epoch_elapsed_s = 0.0
+            progress.epoch += 1
+            progress.batch = 0
+        losses.read()
+    except Exception:
+        bar.close()
+        losses.read()  # a method's hook may fail on weights a non-finite loss made NaN: name the cause
+        raise
     method.finalize(model)
     train_time = progress.elapsed_s + time.perf_counter() - segment_start
     bar.close()

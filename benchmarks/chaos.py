@@ -1,0 +1,239 @@
+"""Kill a real Snakemake run at random moments: does it lose anything?   .venv/bin/python benchmarks/chaos.py
+
+Runs a small config twice through Snakemake: once without interruption, once SIGKILLed (the whole process
+group: Snakemake and every job it started) at random moments, at least ``--kills`` times, each time started
+again as a user would (``snakemake --unlock``, since the killed run's lock stays, then ``--rerun-incomplete``),
+then left to finish. The config is configs/smoke.yaml's settings for two
+methods, two datasets and two seeds (``--methods``, ``--datasets``, ``--seeds`` change it), with a checkpoint
+after every optimizer step, so that a kill lands in training as often as anywhere else.
+
+At the end it checks that
+- ``results/summary.csv`` equals the uninterrupted run's in every column but the timings (``TIMING``) and
+  ``resumed_from_step``; memory peaks, measured from resident memory, within 10% (``MEMORY_RTOL``);
+- no file or folder is under ``results/`` or ``resources/`` that the uninterrupted run does not have (no
+  partial output, no temporary file);
+- no job that had completed ran again: Snakemake's own logs (``.snakemake/log/``) name each job it started and
+  each it finished; a job started after an earlier attempt logged it finished is a rerun of a completed job.
+
+The last line is
+
+    kills=N reruns_of_completed=R summary_equal=yes|no leftovers=L jobs_started=J uninterrupted_jobs=U
+
+(jobs_started - uninterrupted_jobs = the jobs a kill interrupted and Snakemake ran again). tests/test_chaos.py
+runs it at its smallest size. Exit status 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAPSHOTS = Path(os.environ.get("LORABENCH_SNAPSHOTS", REPO.parent / "shared" / "hf")).resolve()
+
+#: Columns that are timings, or computed from one (device-hours, cost), and so differ between any two runs.
+TIMING = re.compile(r"(^|_)(s|ms|per_s|time|latency|throughput|device_hours|cost|usd)(_|$)")
+#: Where a resumed run says it resumed: differs by design.
+RESUMED = "resumed_from_step"
+#: Memory peaks, measured from the process's resident memory on CPU: two processes running the same job differ
+#: by a few percent (docs/methodology.md, "Memory"), so these must agree within MEMORY_RTOL, not exactly.
+MEMORY = re.compile(r"_mem_mb$")
+MEMORY_RTOL = 0.10
+
+
+def chaos_config(methods=("lora", "full_ft"), datasets=("sst2", "imdb"), seeds=(0, 1),
+                 snapshots: Path = SNAPSHOTS) -> dict:
+    """configs/smoke.yaml cut to ``methods`` x ``datasets`` x ``seeds``, a checkpoint after every step."""
+    cfg = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    cfg["snapshots"] = str(snapshots)
+    cfg["seeds"] = list(seeds)
+    cfg["datasets"] = {d: cfg["datasets"][d] for d in datasets}
+    cfg["methods"] = {m: {k: v for k, v in cfg["methods"][m].items() if k != "datasets"} for m in methods}
+    cfg["baseline_method"] = methods[0]
+    cfg["training"]["checkpoint_every"] = 1
+    cfg.pop("tracking", None)
+    return cfg
+
+
+def snakemake_cmd(workdir: Path, configfile: Path, cores: int) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+            "--configfile", str(configfile), "--cores", str(cores), "--rerun-incomplete"]
+
+
+def run_through(workdir: Path, configfile: Path, cores: int, log: Path, timeout: float) -> float:
+    """One uninterrupted run; its wall seconds."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.run(snakemake_cmd(workdir, configfile, cores), stdout=out, stderr=subprocess.STDOUT,
+                              timeout=timeout)
+    if proc.returncode:
+        raise SystemExit(f"the run in {workdir} failed; see {log}")
+    return time.perf_counter() - start
+
+
+def kill_and_restart(workdir: Path, configfile: Path, cores: int, kills: int, wall: float, total_jobs: int,
+                     rng: np.random.Generator, timeout: float) -> int:
+    """Start the run and SIGKILL its process group after a random delay, again until ``kills`` kills landed on a
+    live run, then let it finish. Each delay is drawn from 1 s up to 0.8 x the time the run still needs (from
+    the uninterrupted run's ``wall`` and the share of its ``total_jobs`` not yet finished), so the kills spread
+    over start-up, every stage and the end. Returns the kills that landed (fewer if the run finished first)."""
+    done, attempt = 0, 0
+    deadline = time.monotonic() + timeout
+    while True:
+        attempt += 1
+        log = workdir / f"attempt{attempt}.log"
+        if done < kills:
+            finished = set().union(*(f for _, f in snakemake_jobs(workdir))) if attempt > 1 else set()
+            remaining = wall * max(1 - len(finished) / total_jobs, 0.05)
+            wait = rng.uniform(1.0, max(0.8 * remaining, 2.0))
+        else:
+            wait = max(deadline - time.monotonic(), 1)
+        with open(log, "w") as out:
+            if attempt > 1:  # what a user runs after a kill: the killed Snakemake's lock stays behind
+                subprocess.run(snakemake_cmd(workdir, configfile, cores) + ["--unlock"], stdout=out,
+                               stderr=subprocess.STDOUT, check=True)
+            proc = subprocess.Popen(snakemake_cmd(workdir, configfile, cores), stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # its own process group: the kill reaches every job
+            try:
+                rc = proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                if done >= kills:
+                    raise SystemExit(f"the run did not finish within {timeout:.0f} s; see {log}")
+                done += 1
+                continue
+        if rc:
+            raise SystemExit(f"attempt {attempt} failed with exit status {rc}; see {log}")
+        return done
+
+
+def snakemake_jobs(workdir: Path) -> list[tuple[set, set]]:
+    """Per Snakemake invocation, in order: (jobs started, jobs finished), each job named by its rule and
+    outputs (the same in every invocation, where job ids are not)."""
+    runs = []
+    for log in sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log")):
+        started, finished, names, current = set(), set(), {}, None
+        for line in log.read_text(errors="replace").splitlines():
+            rule = re.match(r"(?:local)?rule (\w+):$", line)
+            if rule:
+                current = {"rule": rule.group(1), "output": ""}
+            elif current is not None and line.startswith("    output: "):
+                current["output"] = line[len("    output: "):]
+            elif current is not None and line.startswith("    jobid: "):
+                job = int(line.split(":")[1])
+                names[job] = (current["rule"], current["output"])
+                started.add(names[job])
+                current = None
+            else:
+                done = re.search(r"Finished jobid: (\d+)|Finished job (\d+)\.", line)
+                if done and int(done.group(1) or done.group(2)) in names:
+                    finished.add(names[int(done.group(1) or done.group(2))])
+        runs.append((started, finished))
+    return runs
+
+
+def reruns_of_completed(runs: list[tuple[set, set]]) -> list:
+    """Jobs started in an invocation after an earlier one had logged them finished."""
+    completed, reruns = set(), []
+    for started, finished in runs:
+        reruns += sorted(started & completed)
+        completed |= finished
+    return reruns
+
+
+def files_under(workdir: Path) -> set[str]:
+    return {str(p.relative_to(workdir)) for top in ("results", "resources") for p in (workdir / top).rglob("*")}
+
+
+def summary_differences(reference: Path, chaos: Path) -> list[str]:
+    """Columns (other than timings) where the two summaries differ, with the first differing row."""
+    a, b = (pd.read_csv(p).sort_values(["dataset", "method", "seed"]).reset_index(drop=True)
+            for p in (reference, chaos))
+    if list(a.columns) != list(b.columns) or len(a) != len(b):
+        return [f"shape: {a.shape} {list(a.columns)} against {b.shape} {list(b.columns)}"]
+    out = []
+    for col in a.columns:
+        if TIMING.search(col) or col == RESUMED:
+            continue
+        x, y = a[col], b[col]
+        if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y):
+            same = np.isclose(x, y, rtol=MEMORY_RTOL if MEMORY.search(col) else 1e-9, atol=0, equal_nan=True)
+        else:
+            same = ((x == y) | (x.isna() & y.isna())).to_numpy()
+        if not same.all():
+            i = int(np.argmin(same))
+            out.append(f"{col}: {a.loc[i, ['dataset', 'method', 'seed']].tolist()} {x[i]!r} against {y[i]!r}")
+    return out
+
+
+def chaos(workdir: Path, kills: int = 5, seed: int = 0, cores: int = 2, config: dict | None = None,
+          timeout: float = 3600) -> dict:
+    """The whole experiment under ``workdir`` (``reference/`` and ``chaos/``); returns what it found."""
+    config = config or chaos_config()
+    found = {}
+    for name in ("reference", "chaos"):
+        (workdir / name).mkdir(parents=True, exist_ok=True)
+        (workdir / name / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    ref = workdir / "reference"
+    wall = run_through(ref, ref / "config.yaml", cores, ref / "run.log", timeout)
+    found["uninterrupted_jobs"] = sum(len(started) for started, _ in snakemake_jobs(ref))
+    found["kills"] = kill_and_restart(workdir / "chaos", workdir / "chaos" / "config.yaml", cores, kills, wall,
+                                      found["uninterrupted_jobs"], np.random.default_rng(seed), timeout)
+    runs = snakemake_jobs(workdir / "chaos")
+    found["reruns"] = reruns_of_completed(runs)
+    found["jobs_started"] = sum(len(started) for started, _ in runs)
+    # The detector, checked on these real logs: read after the uninterrupted run's, every job the chaos run
+    # started is a job that had completed, and must be found as one.
+    found["detector_sees_reruns"] = (set(reruns_of_completed(snakemake_jobs(ref) + runs))
+                                     == set().union(*(started for started, _ in runs)))
+    found["differences"] = summary_differences(ref / "results" / "summary.csv",
+                                               workdir / "chaos" / "results" / "summary.csv")
+    found["leftovers"] = sorted(files_under(workdir / "chaos") - files_under(ref))
+    found["uninterrupted_s"] = wall
+    return found
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=5, help="kills that land on a live run (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    parser.add_argument("--methods", nargs="+", default=["lora", "full_ft"])
+    parser.add_argument("--datasets", nargs="+", default=["sst2", "imdb"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, help="keep both runs here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    config = chaos_config(args.methods, args.datasets, args.seeds)
+    with tempfile.TemporaryDirectory() as tmp:
+        found = chaos(args.workdir or Path(tmp), args.kills, args.seed, args.cores, config)
+    for rerun in found["reruns"]:
+        print(f"completed job ran again: {rerun}")
+    for diff in found["differences"]:
+        print(f"summary differs: {diff}")
+    for path in found["leftovers"]:
+        print(f"left over: {path}")
+    equal = "no" if found["differences"] else "yes"
+    print(f"uninterrupted run: {found['uninterrupted_s']:.0f} s")
+    print(f"kills={found['kills']} reruns_of_completed={len(found['reruns'])} summary_equal={equal} "
+          f"leftovers={len(found['leftovers'])} jobs_started={found['jobs_started']} "
+          f"uninterrupted_jobs={found['uninterrupted_jobs']}")
+    if not found["detector_sees_reruns"]:
+        print("the rerun detector missed jobs in these logs: reruns_of_completed cannot be trusted")
+    failed = found["reruns"] or found["differences"] or found["leftovers"] or not found["detector_sees_reruns"]
+    return 1 if failed or found["kills"] < args.kills else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
