@@ -7,6 +7,7 @@ functions. The workflow scripts and the benchmarks sit on top of everything.
 """
 
 import ast
+import re
 import subprocess
 import sys
 
@@ -110,5 +111,19 @@ def test_analysis_and_its_jobs_import_no_torch(what):
     assert modules
     code = "".join(f"import {m}\n" for m in modules)
     code += "import sys\nassert 'torch' not in sys.modules, 'torch imported'\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_snakefile_builds_its_graph_without_transformers_models_or_plotnine():
+    """Every Snakemake invocation pays what common.smk imports, and on a cluster each job pays it again inside
+    its own Snakemake: neither transformers' modelling code nor plotnine is among it
+    (docs/measurements/default-run.md, "Snakemake's own start-up")."""
+    text = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    modules = sorted(set(re.findall(r"^\s*from (lorabench[\w.]*) import", text, flags=re.M)))
+    assert "lorabench.methods" in modules and "lorabench.analysis.figures" in modules
+    code = "".join(f"import {m}\n" for m in modules)
+    code += ("import sys\nheavy = [m for m in ('transformers.modeling_utils', 'plotnine') if m in sys.modules]\n"
+             "assert not heavy, heavy\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]

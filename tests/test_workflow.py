@@ -224,7 +224,7 @@ def test_adaptive_rank_and_a_generic_peft_method_run_from_config(smoke_run):
 
 
 def test_statistics_report_and_figures(smoke_run):
-    from lorabench.analysis.plots import FIGURES
+    from lorabench.analysis.figures import FIGURES
 
     res = smoke_run / "results"
     by_method = pd.read_csv(res / "summary_by_method.csv")

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also whe
 
 from lorabench.config import ConfigError, curve_points, dataset_entry, dataset_training, method_params_on, sorted_keys
 from lorabench.config.tracking import export_trackers
-from lorabench.analysis.plots import figures_for
+from lorabench.analysis.figures import figures_for
 from lorabench.methods import architecture_params, method_class, method_type, type_traits
 from lorabench.methods.checks import check_config
 from lorabench.methods.sparselora.predictors import PREDICTOR_CONTENTS

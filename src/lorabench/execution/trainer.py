@@ -148,7 +148,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def micro_batch(model, method, examples: list[dict], collator, mask_gen: torch.Generator, device: torch.device,
-                precision: Precision, scaler, accum_steps: int, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
+                precision: Precision, scaler, accum_steps: int,
+                progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
     """One micro-batch as ``train`` runs it: collate (masked-LM masks drawn from ``mask_gen``), count its tokens
     on the host before the copy, move it to the device, ``forward_backward``. Returns its (task loss, total
     loss), each divided by ``accum_steps``, on the device and unread."""
@@ -350,7 +351,8 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     try:
         while progress.epoch < settings.epochs and progress.step < total_steps:
             epoch_start = time.perf_counter()
-            batches = length_grouped_batches(lengths, settings.batch_size, np.random.default_rng([seed, progress.epoch]))
+            order = np.random.default_rng([seed, progress.epoch])
+            batches = length_grouped_batches(lengths, settings.batch_size, order)
             probes = ({i for i in memory_probe_batches(batches, lengths) if i >= progress.batch}
                       if memory is not None and progress.epoch == 0 else set())
             loss = total = None  # the optimizer step's losses so far, on the device

@@ -84,7 +84,7 @@ class Method:
     #: True for types whose variants differ in the sparsity of their adapter weights: the figures and the
     #: discussion put them on that axis, against the dense LoRA with the same adapter.
     prunes_adapter = False
-    #: Figures only this type's runs have (beside every config's figures, lorabench.analysis.plots.FIGURES).
+    #: Figures only this type's runs have (beside every config's figures, lorabench.analysis.figures.FIGURES).
     figures: tuple[str, ...] = ()
     #: The type's colour in every figure (None: plotnine's palette picks one).
     colour: str | None = None

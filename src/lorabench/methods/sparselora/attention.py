@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from lorabench.methods.sparselora.channels import (input_channels, linear_parts, map_for, output_channels,
                                                    replace_method, submodule)
@@ -174,6 +173,10 @@ class AttnSparsity(ContextualSparsity):
             cos, sin = (t[..., qk].transpose(1, 2) for t in args["position_embeddings"])  # (b, kv heads, seq, kept)
             q = _rotate(q, cos.repeat_interleave(group, dim=1), sin.repeat_interleave(group, dim=1))
             k = _rotate(k, cos, sin)
+        # Imported here, where it runs: at the top it would cost every Snakemake invocation that reads the
+        # method registry ~3 s of transformers.modeling_utils (docs/measurements/default-run.md).
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(
             core.config._attn_implementation, sys.modules[type(core).__module__].eager_attention_forward)
         out, weights = attention(core, q, k, v, args.get("attention_mask"),
