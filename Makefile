@@ -6,9 +6,10 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 CORES     ?= 2
 SNAPSHOTS ?= ../shared/hf
 SMK_ARGS  ?=
+DEVICE    ?= cuda
 TESTS     ?= not slurm       # pytest -m expression; CI widens it to "slurm or not slurm" (needs root)
 
-.PHONY: venv run smoke paper report test test-fast test-slurm clean
+.PHONY: venv run smoke paper report gpu-check test test-fast test-slurm clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -25,6 +26,9 @@ smoke: venv                   ## tiny end-to-end run (configs/smoke.yaml), a few
 
 paper: venv                   ## full-scale DistilBERT experiment (needs the hub or snapshots, and GPUs)
 	$(SNAKEMAKE) --cores $(CORES) --configfile configs/paper.yaml $(SMK_ARGS)
+
+gpu-check: venv               ## on a GPU node, before a cluster run: every CUDA path, pass/fail table (DEVICE=cpu to try here)
+	$(PY) benchmarks/gpu_check.py --device $(DEVICE)
 
 report: venv                  ## Snakemake's HTML report of the last run -> results/report.html
 	$(SNAKEMAKE) --config snapshots=$(SNAPSHOTS) $(SMK_ARGS) --report results/report.html

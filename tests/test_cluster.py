@@ -24,10 +24,11 @@ def test_slurm_profile_is_complete():
     assert profile["configfile"] == "configs/paper.yaml"
     defaults = profile["default-resources"]
     assert {"slurm_partition", "slurm_account", "runtime", "mem_mb"} <= set(defaults)
-    for rule in ("train", "efficiency"):
+    for rule in ("train", "efficiency"):  # the GPU rules name the GPU partition; every other rule gets the CPU one
         assert profile["set-resources"][rule]["gpu"] == 1
+        assert profile["set-resources"][rule]["slurm_partition"] != defaults["slurm_partition"]
     for rule in ("aggregate", "report", "plot", "explorer"):
-        assert "gpu" not in profile["set-resources"].get(rule, {})
+        assert not {"gpu", "gres", "slurm_partition"} & set(profile["set-resources"].get(rule, {}))
     rules = "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
     assert "localrules: fetch_model, fetch_dataset" in rules
 
@@ -55,7 +56,10 @@ def _test_profile(tmp_path):
     profile.update({"jobs": 50, "retries": 0, "latency-wait": 5, "slurm-no-account": True,
                     "slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 2})
     profile["default-resources"] = {"slurm_partition": "debug", "runtime": 30, "mem_mb": 2000}
-    profile["set-resources"] = {rule: {"mem_mb": 3000, "runtime": 30} for rule in profile["set-resources"]}
+    # The partitions stay as the profile routes them (the test cluster has a 'gpu' partition without GPUs).
+    profile["set-resources"] = {rule: {"mem_mb": 3000, "runtime": 30,
+                                       **{k: v for k, v in res.items() if k == "slurm_partition"}}
+                                for rule, res in profile["set-resources"].items()}
     folder = tmp_path / "profile"
     folder.mkdir()
     (folder / "config.yaml").write_text(yaml.safe_dump(profile))
@@ -131,3 +135,47 @@ def test_scancelled_job_is_reported_and_a_rerun_completes(slurm, tmp_path):
     out, _ = rerun.communicate(timeout=1200)
     assert rerun.returncode == 0, out[-4000:]
     assert (workdir / target).exists()
+
+
+def _jobs_of(run_output: str) -> list[tuple[str, str]]:
+    """(partition, rule) of every Slurm job of the Snakemake run whose output this is (its run ID names them)."""
+    run_id = re.search(r"SLURM run ID: (\S+)", run_output).group(1)
+    listing = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%j|%P|%k"], capture_output=True, text=True,
+                             check=True).stdout
+    return [(part, comment.split("_wildcards")[0].removeprefix("rule_"))
+            for name, part, comment in (ln.split("|", 2) for ln in listing.splitlines()) if name == run_id]
+
+
+@pytest.mark.slurm
+@pytest.mark.e2e
+def test_cpu_rules_go_to_the_cpu_partition_and_torch_rules_to_the_gpu_one(slurm, tmp_path):
+    smoke = smoke_config()
+    smoke["datasets"] = {"sst2": smoke["datasets"]["sst2"]}
+    smoke["methods"] = {"lora": smoke["methods"]["lora"]}
+    cfg = write_config(tmp_path / "smoke.yaml", smoke)
+    (tmp_path / "work").mkdir()
+    proc = _snakemake_slurm(tmp_path / "work", _test_profile(tmp_path), cfg,
+                            "results/runs/sst2/lora/seed0/train_metrics.json")
+    out, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, out[-4000:]
+    jobs = _jobs_of(out)
+    assert ("debug", "tokenize") in jobs and ("gpu", "train") in jobs, jobs
+    assert {rule for part, rule in jobs if part == "gpu"} == {"train"}, jobs  # no CPU rule in the GPU partition
+
+
+@pytest.mark.slurm
+def test_a_placeholder_account_is_refused_before_anything_is_submitted(slurm, tmp_path):
+    profile = _test_profile(tmp_path)
+    settings = yaml.safe_load((profile / "config.yaml").read_text())
+    settings.pop("slurm-no-account")
+    settings["default-resources"]["slurm_account"] = yaml.safe_load(
+        (REPO / "slurm" / "config.yaml").read_text())["default-resources"]["slurm_account"]  # as shipped
+    (profile / "config.yaml").write_text(yaml.safe_dump(settings))
+    before = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i"], capture_output=True, text=True).stdout
+    (tmp_path / "work").mkdir()
+    proc = _snakemake_slurm(tmp_path / "work", profile, write_config(tmp_path / "smoke.yaml", smoke_config()))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out[-3000:]
+    assert "profile key 'default-resources: slurm_account' is the placeholder 'YOUR-ACCOUNT'" in out, out[-3000:]
+    assert "Submitted" not in out and not (tmp_path / "work" / "resources").exists()
+    assert subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i"], capture_output=True, text=True).stdout == before

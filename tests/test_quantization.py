@@ -82,3 +82,25 @@ def test_merge_error_measures_what_requantizing_loses(loader, rows, collator):
     assert errors["int8"] < 0.05 < 0.2 < errors["nf4"], errors
     method, model = _build("lora", LORA, loader)
     assert merge_error(model) is None and "merge_error_rel" not in method.report(model)
+
+
+def test_merge_error_does_not_depend_on_the_runs_precision(loader):
+    """The same adapter on the same NF4 base, built for a bf16 run and for an fp32 one (their 4-bit layers
+    compute in bfloat16 and float32): merge_error_rel is the merge's rounding alone, so the two agree."""
+    from lorabench.runtime.precision import resolve_precision
+
+    values = []
+    for precision in ("bf16", "fp32"):
+        torch.manual_seed(0)
+        method = build_method("lora", {**LORA, "quantize": "nf4"}, loader.target_modules,
+                              resolve_precision(precision, torch.device("cpu")))
+        model = method.build(loader)
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in sorted(model.named_parameters()):
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        computes = {m.compute_dtype for m in model.modules() if hasattr(m, "compute_dtype")}
+        assert computes == {torch.bfloat16 if precision == "bf16" else torch.float32}
+        values.append(merge_error(model))
+    assert values[0] > 0 and abs(values[0] - values[1]) <= 1e-4 * values[1], values

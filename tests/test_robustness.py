@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from lorabench.execution.attempts import RepeatedFailure
 from lorabench.execution.jobs import train_run
 from lorabench.execution.trainer import DivergenceError, LossLog, Progress, RunId
 from lorabench.io import sweep_stale_temps, write_json
@@ -30,7 +31,7 @@ METHOD = {"lr": 2e-3, "r": 4, "alpha": 8, "dropout": 0.1, "sparsity": 0.5, "prun
           "prune_end_frac": 0.6}
 TIMING = {"train_time_s", "train_time_per_epoch_s", "epoch_times_s", "train_tokens_per_s", "train_examples_per_s",
           "peak_train_mem_mb", "load_peak_mem_mb", "device_hours", "cost_usd", "resumed_from_step", "job_phases_s",
-          "curve_eval_time_s"}
+          "curve_eval_time_s", "attempts"}
 
 
 def _kwargs(tokenized, out: Path, seed=0, method="sparse_lora_magnitude", model_dir=MINILM):
@@ -78,8 +79,14 @@ def test_sigkilled_training_resumes_to_identical_results(tokenized, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert not (out / "train_metrics.json").exists(), "a killed run must not look complete"
+    killed = json.loads((out / "ckpt" / "attempts.json").read_text())["attempts"]
+    assert len(killed) == 2 and all(a["device_s"] > 0 and a["to_step"] >= k for a, k in zip(killed, kill_at))
     resumed = train_run(**_kwargs(tokenized, out))
     assert resumed["resumed_from_step"] >= kill_at[-1]
+    # Billed device time covers every attempt: the killed ones up to their last step, then the one that finished.
+    assert resumed["attempts"] == 3
+    assert resumed["device_hours"] * 3600 > sum(a["device_s"] for a in killed)
+    assert resumed["cost_usd"] == 0.0  # no price given for the CPU here
     assert [p["step"] for p in reference["heldout_curve"]] == [4, 8, 12, 16, 20, 24]
     assert _comparable(resumed) == _comparable(reference)  # the held-out curve too, point for point
     a, b = load_file(out / "model" / "adapter_model.safetensors"), load_file(
@@ -109,6 +116,14 @@ def test_nan_loss_stops_with_a_message_and_no_outputs(tokenized, tmp_path):
     for part in ("method=lora", "dataset=sst2", "seed=7", "step 1", "nan"):
         assert part in msg, msg
     assert not (out / "train_metrics.json").exists() and not (out / "model").exists()
+    # A retry with the same settings on the same device (Snakemake's retries) fails at once, saying why, instead of
+    # spending the device time again; a changed setting tries again.
+    with pytest.raises(RepeatedFailure, match=r"failed with DivergenceError on cpu.*same settings: loss is nan"):
+        train_run(**_kwargs(tokenized, out, seed=7, method="lora", model_dir=poisoned))
+    changed = _kwargs(tokenized, out, seed=7, method="lora", model_dir=poisoned)
+    changed["method_params"] = {**METHOD, "lr": 1e-3}
+    with pytest.raises(DivergenceError):
+        train_run(**changed)
 
 
 def test_losses_are_read_in_batches_and_a_non_finite_one_is_named_by_its_step():

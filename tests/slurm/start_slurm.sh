@@ -9,7 +9,9 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   apt-get update -qq
   apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
 fi
-if scontrol ping 2>/dev/null | grep -q "UP"; then
+# Two partitions, as the profile expects (slurm/config.yaml): debug stands for the CPU one, gpu for the GPU one
+# (the same node, without GPUs: the tests strip the GPU requests, not the partitions).
+if scontrol ping 2>/dev/null | grep -q "UP" && grep -q "^PartitionName=gpu" /etc/slurm/slurm.conf 2>/dev/null; then
   sinfo -h -o "%T" | grep -qE "idle|mix|alloc" && exit 0
 fi
 HOST=$(hostname -s)
@@ -43,7 +45,9 @@ SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM} State=UNKNOWN
 PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+PartitionName=gpu Nodes=${HOST} Default=NO MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
+if pgrep -x slurmctld >/dev/null; then scontrol reconfigure || { pkill -x slurmctld; sleep 1; slurmctld; }; fi
 pgrep -x slurmctld >/dev/null || slurmctld
 pgrep -x slurmd >/dev/null || slurmd
 for _ in $(seq 60); do

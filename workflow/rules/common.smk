@@ -21,6 +21,16 @@ except ConfigError as err:
     print(f"lorabench: invalid configuration: {err}", file=sys.stderr)
     sys.exit(2)
 export_trackers(config["tracking"])  # to the training jobs, outside their params (config/tracking.py)
+if workflow.is_main_process:  # a cluster profile's resources: refused before anything is submitted
+    from lorabench.config.cluster import check_cluster_resources
+
+    _res = workflow.resource_settings
+    try:  # .raw: the value as the profile wrote it (string resources are evaluated only per job)
+        check_cluster_resources({k: v.raw for k, v in (_res.default_resources or {}).items()},
+                                {r: {k: v.raw for k, v in res.items()} for r, res in _res.overwrite_resources.items()})
+    except ConfigError as err:
+        print(f"lorabench: invalid cluster profile: {err}", file=sys.stderr)
+        sys.exit(2)
 # Key order carries no meaning: reordering a config file must not rerun anything (params compare in order).
 _canonical = sorted_keys(dict(config))
 config.clear()
@@ -65,7 +75,14 @@ def dataset_slice(dataset):
 # dataset's curve points, resolved), and those the efficiency job uses (timing): changing one kind reruns only
 # the jobs that read it.
 EVAL_KEYS_OF_TRAIN = ("batch_size", "mask_seed")
-EVAL_KEYS_OF_EFFICIENCY = ("latency_examples", "timing_repeats", "throughput_batch_size")
+EVAL_KEYS_OF_EFFICIENCY = ("latency_examples", "timing_repeats", "throughput_batch_size", "throughput_min_time_s")
+
+
+def device_params():
+    """Where and how a torch job computes. ``deterministic`` only when on: a results folder from before the
+    setting existed keeps its runs."""
+    return {"device": config["device"], "precision": config["precision"],
+            **({"deterministic": True} if config["deterministic"] else {})}
 
 
 def method_inputs(wildcards):
@@ -94,8 +111,7 @@ def run_params(wildcards):
         "training": dataset_training(config, wildcards.dataset),
         "evaluation": {**{k: config["evaluation"][k] for k in EVAL_KEYS_OF_TRAIN},
                        "curve_points": curve_points(config, wildcards.dataset)},
-        "device": config["device"],
-        "precision": config["precision"],
+        **device_params(),
     }
 
 
@@ -108,8 +124,7 @@ def efficiency_params(wildcards):
         "model_cfg": config["models"][ds["model"]],
         "method_params": architecture_params(wildcards.method, run_settings(wildcards.method, wildcards.dataset)),
         "evaluation": {k: config["evaluation"][k] for k in EVAL_KEYS_OF_EFFICIENCY},
-        "device": config["device"],
-        "precision": config["precision"],
+        **device_params(),
     }
 
 

@@ -11,7 +11,8 @@ train_run(
     dataset_name=snakemake.wildcards.dataset, dataset=run["dataset"], model_cfg=run["model_cfg"],
     method_name=snakemake.wildcards.method, method_params=run["method_params"], training=run["training"],
     evaluation=run["evaluation"], seed=int(snakemake.wildcards.seed), threads=snakemake.threads,
-    device=run["device"], precision=run["precision"], cost_per_device_hour=snakemake.params.cost_per_device_hour,
+    device=run["device"], precision=run["precision"], deterministic=run.get("deterministic", False),
+    cost_per_device_hour=snakemake.params.cost_per_device_hour,
     checkpoint_dir=snakemake.params.checkpoint_dir,
     method_inputs={role: path for role, path in snakemake.input.items() if role not in ("model", "tokenized")},
 )

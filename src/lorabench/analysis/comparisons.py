@@ -23,12 +23,41 @@ SUMMARY_METRICS = [
 ]
 
 
+# Where and how a run was measured: the device models of its training and efficiency jobs, and what their memory
+# columns measure (runtime/memory.py: rss or cuda_allocated). Rows that differ in these are not like for like.
+CONTEXT_COLUMNS = {"device": ("device", "efficiency_device"),
+                   "memory kind": ("memory_kind_train", "memory_kind_efficiency")}
+
+
+def _values(column: pd.Series) -> set[str]:
+    """The distinct values of a column, joined values (' + ': a resumed run, a by-method row) split."""
+    return {v for cell in column.dropna().astype(str) for v in cell.split(" + ")}
+
+
+def unlike(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, str]:
+    """What a comparison of rows ``a`` with rows ``b`` would hide: {"device": "X against Y"} where they ran on
+    other device models, {"memory kind": "rss against cuda_allocated"} where their memory columns measure
+    different quantities. Empty when they compare like for like. Every comparison of memory refuses a
+    "memory kind" difference; every other comparison says where the devices differ."""
+    out = {}
+    for what, columns in CONTEXT_COLUMNS.items():
+        cols = [c for c in columns if c in a and c in b]
+        va = set().union(*(_values(a[c]) for c in cols)) if cols else set()
+        vb = set().union(*(_values(b[c]) for c in cols)) if cols else set()
+        if va != vb:
+            out[what] = f"{' + '.join(sorted(va))} against {' + '.join(sorted(vb))}"
+    return out
+
+
 def summary_by_method(summary: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in SUMMARY_METRICS if c in summary]
     # The precision a method ran in is part of what it is measured as; grouping by it keeps runs of two
     # precisions apart rather than averaging them.
     keys = ["dataset", "task", "method"] + [k for k in ("method_type", "precision") if k in summary]
     out = stats.describe(summary, keys, cols)
+    for col in [c for columns in CONTEXT_COLUMNS.values() for c in columns if c in summary]:
+        joined = summary.groupby(keys, sort=True)[col].agg(lambda v: " + ".join(sorted(_values(v))))
+        out = out.merge(joined.reset_index(), on=keys, how="left")
     # Latency and throughput are timed once per (dataset, method), in rounds: their interval is over those
     # rounds (carried in the summary), not over seeds, which all share the one measurement.
     for c in cols:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from lorabench.analysis import stats
+from lorabench.analysis.comparisons import unlike
 from lorabench.analysis.convergence import NO_PROGRESS, STEEP_DROP, STILL_FALLING, TAIL_FRACTION, TOO_FEW, TOO_SHORT
 from lorabench.analysis.metrics import primary_metric, variant_columns
 
@@ -188,16 +189,24 @@ def quantization_findings(runs: Runs) -> list[str]:
                 ratio = float(runs.series(g, row.method, "param_bytes").iloc[0]
                               / runs.series(g, ref, "param_bytes").iloc[0])
                 sentence += f"; stored weights {ratio:.2f}x (exact byte count)"
-            a, b = runs.series(g, row.method, "peak_train_mem_mb"), runs.series(g, ref, "peak_train_mem_mb")
-            seeds = sorted(set(a.index) & set(b.index))
-            train_ratio = a.loc[seeds] / b.loc[seeds]
-            sentence += f"; peak training memory ratio {_with_ci(train_ratio)}"
-            for col, phase in (("peak_infer_mem_mb", "inference at the throughput batch"),
-                               ("peak_infer_batch1_mem_mb", "at batch 1")):
-                if col in g:  # measured once per (method, dataset) by the efficiency job
-                    ratio = float(runs.series(g, row.method, col).iloc[0] / runs.series(g, ref, col).iloc[0])
-                    sentence += f"; {phase} {ratio:.2f}x"
-            if train_ratio.mean() > 0.8 and not bool(getattr(row, "gradient_checkpointing", False) == True):  # noqa: E712
+            differ = unlike(g[g["method"] == row.method], g[g["method"] == ref])
+            if "memory kind" in differ:
+                sentence += f"; memory not compared (unlike quantities: {differ['memory kind']})"
+                train_ratio = pd.Series([float("nan")])
+            else:
+                a, b = runs.series(g, row.method, "peak_train_mem_mb"), runs.series(g, ref, "peak_train_mem_mb")
+                seeds = sorted(set(a.index) & set(b.index))
+                train_ratio = a.loc[seeds] / b.loc[seeds]
+                sentence += f"; peak training memory ratio {_with_ci(train_ratio)}"
+                for col, phase in (("peak_infer_mem_mb", "inference at the throughput batch"),
+                                   ("peak_infer_batch1_mem_mb", "at batch 1")):
+                    if col in g:  # measured once per (method, dataset) by the efficiency job
+                        ratio = float(runs.series(g, row.method, col).iloc[0] / runs.series(g, ref, col).iloc[0])
+                        sentence += f"; {phase} {ratio:.2f}x"
+            if "device" in differ:
+                sentence += f" (not like for like: devices {differ['device']})"
+            checkpointed = bool(getattr(row, "gradient_checkpointing", False) == True)  # noqa: E712
+            if train_ratio.mean() > 0.8 and not checkpointed:
                 sentence += (" (the training peak is mostly activations, which a quantized base does not shrink; "
                              "training.gradient_checkpointing trades them for a second forward per layer)")
             if "merge_error_rel" in g and not pd.isna(row.merge_error_rel):
@@ -233,6 +242,10 @@ def frontier_findings(runs: Runs) -> list[str]:
     """The variants no other beats on both peak training memory and the metric (means over seeds)."""
     out = []
     for dataset, g, metric, higher in runs.datasets():
+        kinds = sorted(set(g["memory_kind_train"].dropna())) if "memory_kind_train" in g else []
+        if len(kinds) > 1:
+            out.append(f"**{dataset}**: no frontier: the runs' memory is of unlike kinds ({', '.join(kinds)}).")
+            continue
         means = g.groupby("method", as_index=False)[["peak_train_mem_mb", metric]].mean()
         if len(means) < 2:
             out.append(f"**{dataset}**: {NOT_ENOUGH}: one variant, no frontier.")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from lorabench.analysis import stats
-from lorabench.analysis.comparisons import convergence_table, significance, summary_by_method
+from lorabench.analysis.comparisons import CONTEXT_COLUMNS, convergence_table, significance, summary_by_method, unlike
 from lorabench.analysis.convergence import MAX_P, MDE_Z, STEEP_DROP, TAIL_FRACTION
 from lorabench.analysis.discussion import ci_text, discussion_lines, fmt_number
 from lorabench.analysis.metrics import primary_metric
@@ -45,10 +45,16 @@ def tradeoff_sentences(by_method: pd.DataFrame, sig: pd.DataFrame, baseline: str
             if not pd.isna(r.get("peak_train_mem_mb_ci95_low")):
                 ci = (f" (its own 95% CI {r['peak_train_mem_mb_ci95_low']:.0f}-{r['peak_train_mem_mb_ci95_high']:.0f} MB"
                       f" vs {b['peak_train_mem_mb_ci95_low']:.0f}-{b['peak_train_mem_mb_ci95_high']:.0f} MB)")
+            differ = unlike(r.to_frame().T, base)
+            memory = (f"{'cut' if mem < 0 else 'raised'} peak training memory by {abs(mem):.0f}%{ci}"
+                      if "memory kind" not in differ else
+                      f"has no memory comparison (its memory and {baseline}'s are unlike quantities: "
+                      f"{differ['memory kind']})")
+            where = f" Not like for like: devices {differ['device']}." if "device" in differ else ""
             out.append(
-                f"**{dataset}**: {r['method']} {'cut' if mem < 0 else 'raised'} peak training memory by {abs(mem):.0f}%{ci} "
+                f"**{dataset}**: {r['method']} {memory} "
                 f"and took {abs(tm):.0f}% {'less' if tm < 0 else 'more'} training time than {baseline}, for "
-                f"{delta:+.2f} {unit} (Holm-adjusted paired t p = {_p(p)}){verdict}."
+                f"{delta:+.2f} {unit} (Holm-adjusted paired t p = {_p(p)}){verdict}.{where}"
             )
     return out
 
@@ -97,6 +103,33 @@ def _precision_note(summary: pd.DataFrame) -> str:
     asked = (", ".join(sorted(summary["precision_requested"].dropna().unique()))
              if "precision_requested" in summary else "?")
     return f", forward passes in {ran} (config precision: {asked}; weights and optimizer state in fp32)"
+
+
+def _devices_note(summary: pd.DataFrame) -> str:
+    """Every device the runs trained on, with its count of runs, and the efficiency jobs' where they differ."""
+    def listed(col: str) -> str:
+        counts = summary[col].dropna().astype(str).value_counts()
+        return "; ".join(f"{d} ({n} run{'s' if n != 1 else ''})" for d, n in sorted(counts.items()))
+
+    note = listed("device") if "device" in summary else "an unrecorded device"
+    if "efficiency_device" in summary and set(summary["efficiency_device"].dropna()) != set(summary["device"]):
+        note += f" (efficiency timed on {listed('efficiency_device')})"
+    return note
+
+
+def _mixed_lines(summary: pd.DataFrame) -> list[str]:
+    """A warning where the runs mix device models or memory kinds: comparisons across them are not like for like
+    (memory ones are refused; the others say so where they cross)."""
+    lines = []
+    for what, columns in CONTEXT_COLUMNS.items():
+        values = sorted({v for c in columns if c in summary for v in summary[c].dropna().astype(str)})
+        if len(values) > 1:
+            lines.append(f"**Mixed {what}s**: {', '.join(values)}. "
+                         + ("Memory is compared only between runs measured the same way (runtime/memory.py: "
+                            "resident memory on a CPU, the CUDA allocator's bytes on a GPU)."
+                            if what == "memory kind" else
+                            "A comparison of runs on different devices says so; speed and memory differ by device."))
+    return lines + [""] if lines else []
 
 
 def _table(df: pd.DataFrame, cols: list[str]) -> str:
@@ -160,8 +193,9 @@ def write_report(summary_csv, runs_dir, baseline: str, out_by_method, out_signif
         "# lorabench report", "",
         f"Generated from `{Path(summary_csv).name}` ({len(summary)} runs: {summary['dataset'].nunique()} datasets, "
         f"{summary['method'].nunique()} methods, seeds {', '.join(map(str, seeds))}) on "
-        f"{summary['device'].iloc[0]}{_precision_note(summary)}. Means over seeds with 95% t-intervals; every "
+        f"{_devices_note(summary)}{_precision_note(summary)}. Means over seeds with 95% t-intervals; every "
         "number below is computed, none typed by hand. How each metric is measured: docs/methodology.md.", "",
+        *_mixed_lines(summary),
         "## Trade-offs against the baseline", "",
         *[f"- {s}" for s in tradeoff_sentences(by_method, sig, baseline, untrained)], "",
         *discussion_lines(summary, baseline, traits, margins),

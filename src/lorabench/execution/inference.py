@@ -34,9 +34,11 @@ def latency_times_ms(model, rows, collator, device, n: int = 50, precision: Prec
 
 @torch.no_grad()
 def throughput_per_s(model, rows, collator, device, batch_size: int, max_examples: int = 64,
-                     precision: Precision = FP32, warm_up: bool = True) -> float:
+                     precision: Precision = FP32, warm_up: bool = True, min_time_s: float = 0.0) -> float:
     """Examples per second through the forward pass at ``batch_size`` (after one warm-up batch, unless the
-    caller has already run these shapes)."""
+    caller has already run these shapes), over the first ``max_examples`` examples, passed through again until
+    the round has lasted ``min_time_s``: on a GPU one pass over 64 examples takes a few milliseconds, mostly
+    launch overhead and timer noise, so a round is timed for long enough to mean something."""
     model.eval()
     rows = rows[:max_examples]
     batches = [model_inputs(collator, rows[i : i + batch_size], device) for i in range(0, len(rows), batch_size)]
@@ -44,22 +46,29 @@ def throughput_per_s(model, rows, collator, device, batch_size: int, max_example
         if warm_up:
             model(**batches[0])
         _sync(device)
-        start = time.perf_counter()
-        for batch in batches:
-            model(**batch)
-        _sync(device)
-    return len(rows) / (time.perf_counter() - start)
+        start, passes = time.perf_counter(), 0
+        while passes == 0 or time.perf_counter() - start < min_time_s:
+            for batch in batches:
+                model(**batch)
+            passes += 1
+            _sync(device)
+    return passes * len(rows) / (time.perf_counter() - start)
 
 
 @torch.no_grad()
 def inference_memory(model, rows, collator, device, batch_size: int, memory, precision: Precision = FP32) -> dict:
     """Peak memory of one forward over the first ``batch_size`` examples (the throughput batch) and of one
     at batch 1 (a deployed model answering one request), each measured exact (memory.py) before any timing,
-    so that neither merging nor saving the model counts as inference."""
+    so that neither merging nor saving the model counts as inference. Each after an unmeasured forward of the
+    same shapes: a process's first forward on a GPU also allocates cuBLAS's handles and workspace and picks its
+    kernels, once, which is start-up, not what a deployed model needs per request."""
     model.eval()
     out = {}
     for key, chunk in (("peak_infer_mem_mb", rows[:batch_size]), ("peak_infer_batch1_mem_mb", rows[:1])):
         batch = model_inputs(collator, chunk, device)
+        with precision.autocast():
+            model(**batch)  # the warm-up
+        _sync(device)
         memory.start(exact=True)
         with precision.autocast():
             model(**batch)
@@ -88,7 +97,7 @@ def deployed_size_mb(model) -> float:
 
 
 def timed(model, rows, collator, device, batch_size: int, n_latency: int, repeats: int, precision: Precision = FP32,
-          prefix: str = "") -> dict:
+          prefix: str = "", min_time_s: float = 0.0) -> dict:
     """Latency and throughput in ``repeats`` rounds over the same examples: the median and p95 over every
     timed forward, with a 95% t-interval over the rounds' medians (latency) and over the rounds (throughput).
 
@@ -101,7 +110,8 @@ def timed(model, rows, collator, device, batch_size: int, n_latency: int, repeat
         medians.append(float(np.median(times)))
         all_times += times
         rates.append(throughput_per_s(model, rows, collator, device, batch_size, precision=precision,
-                                      warm_up=round_ == 0))  # one warm-up batch per timing, not per round
+                                      warm_up=round_ == 0,  # one warm-up batch per timing, not per round
+                                      min_time_s=min_time_s))
     _, _, lat_lo, lat_hi = t_interval(medians)
     thr, _, thr_lo, thr_hi = t_interval(rates)
     return {
@@ -114,17 +124,19 @@ def timed(model, rows, collator, device, batch_size: int, n_latency: int, repeat
 
 
 def measure(model, method, rows, collator, device, batch_size: int, n_latency: int, adapter_mb: float,
-            repeats: int = 5, precision: Precision = FP32) -> dict:
+            repeats: int = 5, precision: Precision = FP32, min_time_s: float = 0.0) -> dict:
     """Latency and throughput unmerged, then merged where the method has a mergeable adapter.
 
     ``model_size_mb`` is the model as deployed: merged weights for mergeable adapters, the base (e.g.
     4-bit for QLoRA) plus the adapter files for the others, the model itself for full fine-tuning."""
-    out = timed(model, rows, collator, device, batch_size, n_latency, repeats, precision)
-    out.update(latency_examples=n_latency, timing_repeats=repeats, throughput_batch_size=batch_size)
+    out = timed(model, rows, collator, device, batch_size, n_latency, repeats, precision, min_time_s=min_time_s)
+    out.update(latency_examples=n_latency, timing_repeats=repeats, throughput_batch_size=batch_size,
+               throughput_min_time_s=min_time_s)
     deployed = model
     if method.mergeable:
         deployed = model.merge_and_unload()
-        out.update(timed(deployed, rows, collator, device, batch_size, n_latency, repeats, precision, "_merged"))
+        out.update(timed(deployed, rows, collator, device, batch_size, n_latency, repeats, precision, "_merged",
+                         min_time_s))
     if method.mergeable or not method.saves_adapter:
         out["model_size_mb"] = deployed_size_mb(deployed)
     else:

@@ -19,6 +19,7 @@ import psutil
 import torch
 
 from lorabench.config.tracking import exported_trackers
+from lorabench.execution.attempts import record_failure, refuse_known_failure
 from lorabench.execution.curve import HeldoutCurve
 from lorabench.execution.evaluate import evaluate
 from lorabench.execution.settings import TrainingSettings
@@ -28,7 +29,7 @@ from lorabench.io import atomic_dir, dir_size_mb, package_versions, read_json, w
 from lorabench.loading.data import EVAL, HELDOUT, TRAIN, Collator, evaluated_split, load_tokenized
 from lorabench.loading.models import ModelLoader
 from lorabench.methods import build_method, count_parameters, method_type
-from lorabench.runtime.device import device_name, resolve_device, seed_everything, set_threads
+from lorabench.runtime.device import device_name, resolve_device, seed_everything, set_deterministic, set_threads
 from lorabench.runtime.memory import PhaseMemory
 from lorabench.runtime.precision import resolve_precision
 
@@ -57,7 +58,8 @@ class PhaseClock:
 
 
 def _setup(model_dir, dataset: dict, model_cfg: dict, method_name: str, method_params: dict, threads: int,
-           device: str, precision: str, method_inputs: dict | None = None):
+           device: str, precision: str, method_inputs: dict | None = None, deterministic: bool = False):
+    set_deterministic(deterministic)  # before anything touches cuBLAS
     set_threads(threads)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
@@ -77,15 +79,16 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
               dataset_name: str, dataset: dict, model_cfg: dict, method_name: str, method_params: dict,
               training: dict, evaluation: dict, seed: int, threads: int, device: str, precision: str = "fp32",
               cost_per_device_hour: dict, checkpoint_dir=None, method_inputs: dict | None = None,
-              tracking=None, results_dir="results") -> dict:
+              tracking=None, results_dir="results", deterministic: bool = False) -> dict:
     """Train one (method, dataset, seed), save it, and evaluate the trained model without reloading it.
     ``method_inputs`` are files the method reads by role (SparseLoRA: {"predictor": path}); ``tracking``
     names the trackers the run is logged to, under ``results_dir`` (execution/tracking.py); by default those
     the workflow exported from the config (config/tracking.py). With ``evaluation["curve_points"]`` > 0 and a
-    held-out slice (``holdout_size``), the run records its held-out curve (execution/curve.py)."""
+    held-out slice (``holdout_size``), the run records its held-out curve (execution/curve.py). ``deterministic``:
+    deterministic kernels only (runtime/device.py)."""
     clock = PhaseClock()
     loader, method, dev, prec = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads, device,
-                                       precision, method_inputs)
+                                       precision, method_inputs, deterministic)
     memory = PhaseMemory(dev)  # imports every library first: no phase is charged for them
     clock.lap("load")  # the imports and the method's set-up, not the trackers' start below
     config_slice = {"dataset": dataset_name, "method": method_name, "seed": seed, "dataset_settings": dataset,
@@ -99,7 +102,9 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
     with tracker:  # closes the tracked runs, marked failed if the job fails
         settings = TrainingSettings.from_dict(training)
         seed_everything(seed)
-        model = method.build(loader)
+        # On the device before the load phase ends: on a GPU, loading is the weights' arrival there (a quantized
+        # model is placed while it loads; the others would otherwise read a load peak of 0).
+        model = method.build(loader).to(dev)
         load_peak = memory.stop()  # the load phase ends: relaxed until the first probe step (untrained: evaluation)
         counts = count_parameters(model, loader.head_modules)
         rows = load_tokenized(tokenized_dir, TRAIN).to_list()
@@ -107,10 +112,16 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
         run = RunId(method_name, dataset_name, seed)
         curve = _heldout_curve(tokenized_dir, dataset_name, dataset, collator, loader, evaluation, prec)
         clock.lap("load")
-        wall = time.perf_counter()
         if method.trains:
-            result = train(model, method, rows, collator, settings, method_params["lr"], seed, dev, run, memory,
-                           checkpoint_dir, prec, tracker, curve)
+            failure_key = {"device": device_name(dev), "method_params": method_params, "training": training,
+                           "precision": precision, "seed": seed}
+            refuse_known_failure(checkpoint_dir, failure_key)
+            try:
+                result = train(model, method, rows, collator, settings, method_params["lr"], seed, dev, run, memory,
+                               checkpoint_dir, prec, tracker, curve)
+            except Exception as err:
+                record_failure(checkpoint_dir, failure_key, err)
+                raise
         else:
             tracker.begin(0)
             result = untrained_metrics(model.to(dev), prec)
@@ -119,8 +130,9 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
         with atomic_dir(out_model_dir) as tmp:
             method.save(model, tmp)
         clock.lap("save")
-        # Device time of training; the held-out curve and the evaluation below are measurement, not billed.
-        hours = (time.perf_counter() - wall - result["curve_eval_time_s"]) / 3600
+        # Device time of training over every attempt (execution/attempts.py); the held-out curve and the
+        # evaluation below are measurement, not billed.
+        hours = result.pop("device_s") / 3600
 
         eval_rows = load_tokenized(tokenized_dir, EVAL).to_list()
         start = time.perf_counter()
@@ -143,8 +155,11 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
             "device": device_name(dev), "device_type": dev.type, "torch_threads": torch.get_num_threads(),
             "device_hours": hours, "cost_usd": hours * cost_per_device_hour.get(dev.type, 0.0),
             "lr_reason": method_params.get("lr_reason", ""), "versions": package_versions(),
-            "load_peak_mem_mb": load_peak, "memory_note": memory.note,
+            "load_peak_mem_mb": load_peak, "memory_note": memory.note, "memory_kind_train": memory.kind,
+            "precision_reason": prec.reason, "deterministic": deterministic,
         }
+        # What ran, over every attempt (a resume on another GPU type joins both, ' + '), over the configured.
+        metrics.update({k: result[k] for k in ("device", "precision", "optimizer") if result.get(k)})
         clock.lap("save")  # the outputs and the metrics above (adapter statistics, versions), not tracking
         tracker.finish({**metrics, **scores})  # the summary row: training and evaluation
         clock.lap("tracking")
@@ -165,7 +180,8 @@ def _heldout_curve(tokenized_dir, dataset_name: str, dataset: dict, collator, lo
 
 
 def efficiency_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_cfg: dict, method_name: str,
-                   method_params: dict, evaluation: dict, threads: int, device: str, precision: str = "fp32") -> dict:
+                   method_params: dict, evaluation: dict, threads: int, device: str, precision: str = "fp32",
+                   deterministic: bool = False) -> dict:
     """Latency, throughput, deployed size and inference memory of the method's model as deployed, and its FLOPs.
 
     None of these depends on the trained values of the weights, only on the architecture, so they are
@@ -177,7 +193,7 @@ def efficiency_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_c
 
     clock = PhaseClock()
     loader, method, dev, prec = _setup(model_dir, dataset, model_cfg, method_name, method_params, threads, device,
-                                       precision)
+                                       precision, deterministic=deterministic)
     memory = PhaseMemory(dev)
     seed_everything(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,9 +205,11 @@ def efficiency_run(*, model_dir, tokenized_dir, out_json, dataset: dict, model_c
     clock.lap("load")
     memory_peaks = inference_memory(model, rows, collator, dev, evaluation["throughput_batch_size"], memory, prec)
     result = measure(model, method, rows, collator, dev, evaluation["throughput_batch_size"],
-                     evaluation["latency_examples"], adapter_mb, evaluation["timing_repeats"], prec)
-    result.update(memory_peaks, memory_note=memory.note)
-    result["efficiency_precision"] = prec.name
+                     evaluation["latency_examples"], adapter_mb, evaluation["timing_repeats"], prec,
+                     evaluation.get("throughput_min_time_s", 0.0))
+    result.update(memory_peaks, memory_note=memory.note, memory_kind_efficiency=memory.kind)
+    # Named apart from the training job's device: a summary row holds both, and on a mixed cluster they differ.
+    result.update(efficiency_precision=prec.name, efficiency_device=device_name(dev), efficiency_device_type=dev.type)
     del model
     clock.lap("efficiency_timing")
 

@@ -14,12 +14,14 @@ import torch
 from tqdm import tqdm
 
 from lorabench.config.views import optimizer_steps
+from lorabench.execution.attempts import Attempts
 from lorabench.execution.curve import HeldoutCurve
 from lorabench.execution.flops import step_flops_per_token
 from lorabench.execution.settings import TrainingSettings
 from lorabench.execution.tracking import Tracking
 from lorabench.loading.data import calibration_batches, length_grouped_batches
-from lorabench.runtime.memory import PhaseMemory, stored_bytes
+from lorabench.runtime.device import device_name
+from lorabench.runtime.memory import PhaseMemory, managed_bytes, stored_bytes
 from lorabench.runtime.precision import FP32, Precision
 
 
@@ -105,7 +107,7 @@ class Checkpointer:
         with torch.no_grad():
             for name, value in payload["trainable"].items():
                 params[name].copy_(value)
-        optimizer.load_state_dict(payload["optimizer"])
+        method.load_optimizer_state(optimizer, payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         if payload["scaler"]:
             scaler.load_state_dict(payload["scaler"])
@@ -217,7 +219,7 @@ def untrained_metrics(model, precision: Precision = FP32) -> dict:
     """The training metrics of a run with no training loop (the untrained base): zero steps, no time, no
     training memory (NaN: there was no phase to measure), no optimizer state; the same keys as ``train``'s."""
     return {**run_metrics(Progress(), 0.0, float("nan"), model, None, float("nan"), 0, {}, precision, False, None),
-            "optimizer_state_bytes": 0}
+            "optimizer_state_bytes": 0, "attempts": 0, "device_s": 0.0, "train_managed_mem_mb": 0.0}
 
 
 def run_metrics(progress: Progress, train_time: float, peak_mb: float, model, optimizer, lr: float,
@@ -328,13 +330,18 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     scheduler = get_linear_schedule_with_warmup(optimizer, round(settings.warmup_ratio * total_steps), total_steps)
     lengths = [len(r["input_ids"]) for r in rows]
     mask_gen = torch.Generator().manual_seed(seed)  # masked-LM masks; dropout uses the global seed
+    # The requested precision, not the resolved one: a retry that lands on another GPU type (auto: bf16 on one,
+    # fp16 on another) resumes rather than restarts, and its attempts record what each ran.
+    fingerprint = {"run": str(run), "settings": asdict(settings), "lr": lr, "examples": len(rows),
+                   "precision": precision.requested, "deterministic": torch.are_deterministic_algorithms_enabled(),
+                   "method_params": method.params}
     ckpt = None
     if checkpoint_dir is not None and settings.checkpoint_every > 0:
-        fingerprint = {"run": str(run), "settings": asdict(settings), "lr": lr, "examples": len(rows),
-                       "precision": precision.name, "method_params": method.params}
         ckpt = Checkpointer(checkpoint_dir, settings.checkpoint_every, fingerprint)
+    attempts = Attempts(checkpoint_dir, fingerprint, device_name(device), device.type, precision.name)
     restored = ckpt.load(model, optimizer, scheduler, scaler, method, mask_gen) if ckpt else None
     progress = restored or Progress()
+    attempts.begin(progress.step, progress.curve_eval_s, method.optimizer_ran)
     losses = LossLog(progress, run)
     tracking = tracking or Tracking()
     tracking.begin(progress.step)
@@ -378,6 +385,7 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
                 method.on_optimizer_step(model, progress.step, total_steps)
                 if losses.add(progress.step, progress.epoch, scheduler.get_last_lr()[0], loss, total):
                     losses.read()
+                    attempts.beat(progress.step, progress.curve_eval_s)
                     bar.set_postfix(loss=f"{progress.loss_curve[-1]['loss']:.4f}", refresh=False)
                 loss = total = None
                 bar.update(1)
@@ -396,6 +404,7 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
                     progress.epoch_elapsed_s += now - epoch_start
                     segment_start = epoch_start = now
                     ckpt.save(model, optimizer, scheduler, scaler, method, mask_gen, progress)
+                    attempts.beat(progress.step, progress.curve_eval_s)
                     logging_s = tracking.curve(progress.loss_curve, progress.heldout_curve)
                     segment_start, epoch_start = segment_start + logging_s, epoch_start + logging_s
             progress.epoch_times.append(progress.epoch_elapsed_s + time.perf_counter() - epoch_start)
@@ -413,7 +422,12 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     if progress.step in curve_at:  # the loop stops before the last step's point: taken here, on the model as trained
         curve_point(curve, model, device, progress, train_time, flops_per_token)
     tracking.curve(progress.loss_curve, progress.heldout_curve)
+    attempts.beat(progress.step, progress.curve_eval_s)
+    managed_mb = managed_bytes(optimizer) / 2**20
     peak = max(probe_peaks) if probe_peaks else float("nan")
-    return run_metrics(progress, train_time, peak, model, optimizer, lr, restored.step if restored else 0,
-                       flops_per_token, precision, settings.gradient_checkpointing, curve)
+    if memory is not None and memory.kind == "cuda_allocated":
+        peak += managed_mb  # paged optimizer state: device memory the allocator's counter never sees
+    return {**run_metrics(progress, train_time, peak, model, optimizer, lr, restored.step if restored else 0,
+                          flops_per_token, precision, settings.gradient_checkpointing, curve),
+            **attempts.summary(), "train_managed_mem_mb": managed_mb}
 

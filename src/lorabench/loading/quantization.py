@@ -142,7 +142,11 @@ def merge_error(model: torch.nn.Module) -> float | None:
 
     Each layer's effective weights are read by feeding it the identity matrix (so any adapter, LoRA, HiRA or
     DoRA, is measured as it computes), before and after merging a copy of it: merging dequantizes, adds the
-    update and re-quantizes. None where no adapted layer is quantized or the adapter has no effect yet."""
+    update and re-quantizes. None where no adapted layer is quantized or the adapter has no effect yet.
+
+    Computed in fp32 whatever the run's precision: the copy dequantizes to float32 and its adapter weights are
+    fp32, so the value is the merge's own rounding, not a bf16 forward's (whose noise would be reported as lost
+    by a bf16 run and not by an fp32 one)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     lost = effect = 0.0
@@ -153,6 +157,7 @@ def merge_error(model: torch.nn.Module) -> float | None:
         if not is_quantized_linear(base):
             continue
         layer = copy.deepcopy(module).eval()
+        _in_fp32(layer)
         eye = torch.eye(base.in_features, device=base.weight.device)
         plain = layer.get_base_layer()(eye).float()
         adapted = layer(eye).float()
@@ -163,3 +168,15 @@ def merge_error(model: torch.nn.Module) -> float | None:
         lost += float((merged - adapted).pow(2).sum())
         effect += float((adapted - plain).pow(2).sum())
     return (lost / effect) ** 0.5 if effect > 0 else None
+
+
+def _in_fp32(layer: torch.nn.Module) -> None:
+    """A (copied) adapted quantized layer computing in fp32: its 4-bit base dequantizes to float32, and its
+    full-precision weights (the adapter's) are cast; packed weights stay as stored."""
+    for module in layer.modules():
+        if hasattr(module, "compute_dtype"):  # bitsandbytes Linear4bit
+            module.compute_dtype = torch.float32
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.dtype in (torch.float16, torch.bfloat16) and type(p).__name__ not in ("Params4bit", "Int8Params"):
+                p.data = p.data.float()

@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from lorabench.loading.quantization import Quantization
+from lorabench.runtime.memory import managed_bytes
 from lorabench.runtime.precision import FP32, Precision
 
 METHODS: dict[str, type["Method"]] = {}
@@ -163,14 +164,41 @@ class Method:
             self._optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         return self._optimizer
 
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """Restore a checkpoint's optimizer state. bitsandbytes' ``load_state_dict`` brings paged state back as
+        ordinary device tensors, so a resumed paged optimizer would run unpaged: its state goes back into paged
+        buffers, through the optimizer's own allocator (same threshold, registered with its page manager)."""
+        if not getattr(optimizer, "is_paged", False):
+            optimizer.load_state_dict(state)
+            return
+        optimizer.load_state_dict(state, move_to_device=False)  # not onto the GPU first: that is the peak saved
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    for key, value in list(optimizer.state.get(p, {}).items()):
+                        if not torch.is_tensor(value):
+                            continue
+                        if key in ("state1", "state2"):
+                            buffer = optimizer.get_state_buffer(p, dtype=value.dtype)
+                            buffer.copy_(value.reshape(buffer.shape))
+                            optimizer.state[p][key] = buffer
+                        else:  # quantization constants: on the device, as a fresh step would put them
+                            optimizer.state[p][key] = value.to(p.device)
+
     def optimizer_ran(self) -> str:
-        """The optimizer as it ran: bitsandbytes runs its paged optimizers unpaged on CPU, and says so."""
+        """The optimizer as it ran, read from its state: bitsandbytes runs its paged optimizers unpaged on CPU,
+        and pages only state tensors of 1e5 elements or more."""
         opt = self._optimizer
         if opt is None:
             return ""
         name = f"{type(opt).__module__.split('.')[0]}.optim.{type(opt).__name__}"
         if getattr(opt, "is_paged", False):
-            name += " (unpaged fallback on CPU)" if getattr(opt, "_cpu_paged_warned", False) else " (paged)"
+            if getattr(opt, "_cpu_paged_warned", False):
+                name += " (unpaged fallback on CPU)"
+            elif opt.state and not managed_bytes(opt):
+                name += " (no state paged: every tensor under bitsandbytes' 1e5-element threshold)"
+            else:
+                name += " (paged)"
         return name
 
     def regularization(self, model: torch.nn.Module) -> torch.Tensor | None:

@@ -56,13 +56,16 @@ def _check_pooling(config: dict) -> None:
 
 
 def _check_precision(config: dict) -> None:
-    """Every method must be able to run in the configured precision ('auto' may become bf16 or fp32)."""
+    """Every method must be able to run in the configured precision ('auto' may become bf16, fp16 or fp32:
+    runtime/precision.py)."""
     requested = config["precision"]
-    for precision in (["bf16", "fp32"] if requested == "auto" else [requested]):
+    gives = {"bf16": "on hardware with native bf16", "fp16": "on GPUs without native bf16", "fp32": "on CPUs "
+             "without native bf16"}
+    for precision in (["bf16", "fp16", "fp32"] if requested == "auto" else [requested]):
         for key, name, params in method_entries(config):
             why = METHODS[params["type"]].precision_conflict(params, precision)
             if why:
-                via = f" ('auto' gives {precision} on hardware with native bf16)" if requested == "auto" else ""
+                via = f" ('auto' gives {precision} {gives[precision]})" if requested == "auto" else ""
                 raise ConfigError(f"config key '{key}': method '{name}' cannot run in precision "
                                   f"'{precision}'{via}: {why}")
 

@@ -17,6 +17,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: cuBLAS's deterministic workspace setting (the CUDA docs' "Results reproducibility"): two 4 MiB buffers.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def set_deterministic(on: bool) -> None:
+    """``deterministic: true``: torch's deterministic kernels only (an op without one raises, naming itself), and
+    the cuBLAS workspace that makes its matmuls reproducible. It must come before the first cuBLAS call, so a job
+    sets it first. What it costs and guarantees: docs/methodology.md, "Determinism"."""
+    if not on:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def set_threads(threads: int) -> int:
     """torch threads = min(Snakemake threads, CPUs): more threads than cores only slows CPU runs."""
     n = max(1, min(int(threads), os.cpu_count() or 1))

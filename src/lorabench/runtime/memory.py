@@ -12,8 +12,11 @@ temporaries as holes in the heap, which a later exact phase refills page by page
 (QLoRA's inference peak on SmolLM2 spread over 590-730 MB between processes that way; 502-505 MB without the
 holes). Where the counter cannot be reset (not Linux, or a kernel that refuses), the phase peaks are NaN and
 ``memory_note`` says why: a peak since the process started would charge one phase with another's. GPU:
-``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. docs/methodology.md has the details and
-the limits.
+``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (the load phase from the moment a
+``PhaseMemory`` exists), plus what sits in CUDA managed memory, which the allocator never sees: bitsandbytes'
+paged optimizer state (``managed_bytes``). The two are different quantities, so every peak comes with its
+``kind`` (``rss`` or ``cuda_allocated``) and the analysis never compares unlike kinds. docs/methodology.md has
+the details and the limits.
 """
 
 from __future__ import annotations
@@ -65,7 +68,11 @@ class PhaseMemory:
     def __init__(self, device: torch.device):
         import_libraries()
         self.device = device
-        if device.type != "cuda":
+        self.kind = "cuda_allocated" if device.type == "cuda" else "rss"
+        """What the peaks measure: the CUDA allocator's bytes (plus managed memory), or resident memory."""
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # the load phase starts here, not at the process's start
+        else:
             _set_mmap_threshold(EXACT_MMAP_THRESHOLD)  # loading runs exact: it leaves no holes (module docstring)
         self.resettable = device.type == "cuda" or _reset_high_water_mark()
         # What start() will hand back to the kernel must not sit in the baseline either: a baseline that holds
@@ -104,6 +111,18 @@ class PhaseMemory:
         if not self.resettable or hwm is None:
             return math.nan
         return hwm / 1024 - self.baseline_mb
+
+
+def managed_bytes(optimizer: torch.optim.Optimizer | None) -> int:
+    """Bytes of the optimizer's state in CUDA managed memory (bitsandbytes' paged optimizers on a GPU), which
+    ``torch.cuda.max_memory_allocated`` does not count; 0 for any other optimizer or device. A paged buffer is
+    one its page manager holds: the ``is_paged`` mark survives a copy into ordinary memory, so it is not read."""
+    manager = getattr(optimizer, "page_mng", None)
+    if manager is None:
+        return 0
+    paged = {id(t) for t in manager.paged_tensors}
+    return sum(_bytes(v) for s in optimizer.state.values() for v in s.values()
+               if isinstance(v, torch.Tensor) and id(v) in paged)
 
 
 def _malloc_trim() -> None:

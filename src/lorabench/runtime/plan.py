@@ -37,16 +37,8 @@ def machine_class(device: torch.device) -> str:
 def precision_reason(requested: str, device: torch.device) -> str:
     """'<precision> on <device>: <why>' for the config's ``precision`` on this machine (each job resolves
     ``auto`` on its own device: on a cluster, the nodes' GPUs, not the machine that submits)."""
-    chosen = resolve_precision(requested, device).name
-    where = f"{chosen} on {device_name(device)}"
-    if requested != "auto":
-        return f"{where}: set by the config (precision: {requested})"
-    if device.type == "cuda":
-        return f"{where}: auto, {'the GPU computes bf16' if chosen == 'bf16' else 'the GPU has no bf16'}"
-    if chosen == "bf16":
-        return f"{where}: auto, the CPU has AVX512-BF16 or AMX (native bf16)"
-    return (f"{where}: auto, the CPU has no AVX512-BF16 or AMX, so bf16 would be emulated and slower than fp32 "
-            "(a run takes about 2x as long as on a CPU with it)")
+    chosen = resolve_precision(requested, device)
+    return f"{chosen.name} on {device_name(device)}: {chosen.reason}"
 
 
 def measured_times(config_name: str, path: Path = RUN_TIMES) -> list[dict]:

@@ -162,12 +162,18 @@ class ContextualSparsity:
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
         tokens = x.reshape(-1, x.shape[-1])
         mask = self._mask_of(x)
-        if mask is not None and not bool(mask.all()):
-            tokens = tokens[mask.reshape(-1).bool()]  # padding does not enter the scores
+        keep = None  # padding does not enter the scores
+        if mask is not None and device.type == "cuda":
+            # Zeroed in the outputs rather than dropped: dropping needs the count of real tokens on the host, a
+            # sync per sparse layer that would leave the GPU idle (the padded columns cost a little compute).
+            keep = mask.reshape(1, -1).to(dtype)
+        elif mask is not None and not bool(mask.all()):
+            tokens = tokens[mask.reshape(-1).bool()]  # on a CPU the read costs nothing and the compaction saves work
         tokens_t = tokens.to(dtype).T
         with torch.autocast(device.type, enabled=False):
-            return score([b_t @ (a_t @ tokens_t) if bias is None else torch.addmm(bias, b_t, a_t @ tokens_t)
-                          for a_t, b_t, bias in self._factors(layer, dtype, device)])
+            outputs = [b_t @ (a_t @ tokens_t) if bias is None else torch.addmm(bias, b_t, a_t @ tokens_t)
+                       for a_t, b_t, bias in self._factors(layer, dtype, device)]
+            return score(outputs if keep is None else [out * keep for out in outputs])
 
 
 class FFNSparsity(ContextualSparsity):

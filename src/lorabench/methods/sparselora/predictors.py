@@ -65,8 +65,10 @@ def input_covariances(model: torch.nn.Module, blocks: list[torch.nn.Module], pat
             hooks.append(submodule(block, path).register_forward_pre_hook(grab))
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device  # collated on the CPU; the model may already be on a GPU
     try:
         for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
             state["mask"] = batch.get("attention_mask")
             model(**batch)
     finally:
