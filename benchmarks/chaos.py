@@ -44,8 +44,8 @@ SNAPSHOTS = Path(os.environ.get("LORABENCH_SNAPSHOTS", REPO.parent / "shared" / 
 
 #: Columns that are timings, or computed from one (device-hours, cost), and so differ between any two runs.
 TIMING = re.compile(r"(^|_)(s|ms|per_s|time|latency|throughput|device_hours|cost|usd)(_|$)")
-#: Where a resumed run says it resumed: differs by design.
-RESUMED = "resumed_from_step"
+#: Where a resumed run says it resumed, and how many attempts it took (execution/attempts.py): differ by design.
+RESUMED = {"resumed_from_step", "attempts"}
 #: Memory peaks, measured from the process's resident memory on CPU: two processes running the same job differ
 #: by a few percent (docs/methodology.md, "Memory"), so these must agree within MEMORY_RTOL, not exactly.
 MEMORY = re.compile(r"_mem_mb$")
@@ -165,7 +165,7 @@ def summary_differences(reference: Path, chaos: Path) -> list[str]:
         return [f"shape: {a.shape} {list(a.columns)} against {b.shape} {list(b.columns)}"]
     out = []
     for col in a.columns:
-        if TIMING.search(col) or col == RESUMED:
+        if TIMING.search(col) or col in RESUMED:
             continue
         x, y = a[col], b[col]
         if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y):
