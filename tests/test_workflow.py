@@ -156,7 +156,8 @@ def test_precision_is_part_of_every_run(smoke_run, tmp_path):
     cfg["precision"] = "bf16"
     jobs = _planned_jobs(snakemake(smoke_run, write_config(tmp_path / "bf16.yaml", cfg), "--dry-run", timeout=120))
     assert sum(r == "train" for r, _ in jobs) == len(run_pairs(cfg)) * len(cfg["seeds"])
-    assert sum(r == "efficiency" for r, _ in jobs) == len(run_pairs(cfg))
+    # one efficiency job per deployed model: what the smoke run measured, no more
+    assert sum(r == "efficiency" for r, _ in jobs) == len(list((smoke_run / "results" / "efficiency").rglob("*.json")))
     assert not any(r in ("fetch_model", "fetch_dataset", "tokenize") for r, _ in jobs)
 
 
@@ -188,6 +189,23 @@ def test_efficiency_columns_are_present_and_sane(smoke_run):
     assert df[df["method"] == "qlora"]["optimizer"].str.contains("PagedAdamW").all()
     assert (df[df["method"] == "qhira"]["optimizer"] == "torch.optim.AdamW").all()
     assert (df[df["method"] == "lora"]["base_weight_bits"] == 32).all()
+
+
+def test_variants_that_deploy_lora_share_its_efficiency_measurement(smoke_run):
+    """LoRA's pruned variants and SparseLoRA save a LoRA adapter of LoRA's shapes: one efficiency job (LoRA's)
+    measures the deployed model for all of them, and their rows say so; other types measure their own."""
+    df = pd.read_csv(smoke_run / "results" / "summary.csv")
+    shared = ["sparse_lora_l1", "sparse_lora_magnitude", "sparse_lora_structured", "sparselora"]
+    files = {p.relative_to(smoke_run / "results" / "efficiency").with_suffix("").as_posix()
+             for p in (smoke_run / "results" / "efficiency").rglob("*.json")}
+    for dataset, g in df.groupby("dataset"):
+        rows = g.set_index("method")
+        for method in [m for m in shared if m in rows.index]:
+            assert rows.loc[method, "efficiency_measured_on"] == "lora" and f"{dataset}/{method}" not in files
+            for col in ("latency_ms", "throughput_per_s", "model_size_mb", "peak_infer_mem_mb", "flops_per_example"):
+                assert rows.loc[method, col] == rows.loc["lora", col], (dataset, method, col)
+        for method in {"lora", "qlora", "hira", "full_ft", "lora_r2"} & set(rows.index):
+            assert rows.loc[method, "efficiency_measured_on"] == method and f"{dataset}/{method}" in files
 
 
 def test_training_flops_are_counted_from_what_each_run_computed(smoke_run):

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also whe
 from lorabench.config import ConfigError, curve_points, dataset_entry, dataset_training, method_params_on, sorted_keys
 from lorabench.config.tracking import export_trackers
 from lorabench.analysis.figures import figures_for
-from lorabench.methods import architecture_params, method_class, method_type, type_traits
+from lorabench.methods import architecture_params, deployed_graph, method_class, type_traits
 from lorabench.methods.checks import check_config
 from lorabench.methods.sparselora.predictors import PREDICTOR_CONTENTS
 
@@ -134,15 +134,16 @@ PAIRS = [(d, m) for d in DATASETS for m in METHODS if d in config["methods"][m].
 
 
 def _measured_as(dataset, method):
-    """What an efficiency job measures, as a comparable key: its params, with the method named by its type."""
+    """What an efficiency job measures, as a comparable key: its params, with the method named by the graph it
+    deploys (methods/__init__.py, deployed_graph)."""
     params = efficiency_params(SimpleNamespace(dataset=dataset, method=method))
-    kind = method_type(method, params["method_params"])
-    params["method_params"] = {k: v for k, v in params["method_params"].items() if k != "type"}
-    return json.dumps([kind, params], sort_keys=True, default=str)
+    params["method_params"] = deployed_graph(method, params["method_params"])
+    return json.dumps(params, sort_keys=True, default=str)
 
 
-# Variants that differ only in what efficiency does not depend on (an lr_grid's rates) would measure the same
-# model: the first of them (in config order) measures it for all of them.
+# Variants that deploy the same model (an lr_grid's rates; LoRA's pruned variants and SparseLoRA, which deploy a
+# LoRA adapter of LoRA's shapes) would measure the same thing: the first of them (in config order) measures it
+# for all of them, and their summary rows say which (efficiency_measured_on).
 _first_of = {}
 EFFICIENCY_OWNER = {(d, m): _first_of.setdefault(_measured_as(d, m), m) for d, m in PAIRS}
 

@@ -43,12 +43,13 @@ def run_row(train_metrics: dict, eval_metrics: dict, target: float | None = None
 def efficiency_table(efficiency_of: Mapping) -> pd.DataFrame:
     """Latency, throughput, size, inference memory and FLOPs per (dataset, method), measured once per pair,
     not per seed. ``efficiency_of``: "<dataset>/<method>" -> its results/efficiency JSON file; variants that
-    build the same model (an lr_grid's rates) share one file."""
+    deploy the same model (an lr_grid's rates, LoRA's pruned variants) share one file."""
     rows = []
     for pair, f in efficiency_of.items():
         dataset, method = pair.split("/")
         measured = {k: v for k, v in read_json(f).items() if k not in DROP}
-        rows.append({"dataset": dataset, "method": method, **measured})
+        # The variant whose job measured it: another one where both deploy the same model (common.smk).
+        rows.append({"dataset": dataset, "method": method, "efficiency_measured_on": Path(f).stem, **measured})
     return pd.DataFrame(rows)
 
 

@@ -39,6 +39,18 @@ def build_method(name: str, params: dict, target_modules: list[str], precision: 
     return method_class(kind)(name, {**method_defaults(kind), **params}, target_modules, precision, inputs)
 
 
+def deployed_graph(name: str, params: dict) -> dict:
+    """What a variant deploys, as a comparable key: the type whose graph it is (``Method.deploys_as``, else its
+    own) and its architecture settings. Variants with equal keys share one efficiency measurement."""
+    kind = method_type(name, params)
+    deployed = method_class(kind).deploys_as or kind
+    # The deployed type's defaults first: settings this type has no key for (LoRA's use_dora, quantize) are the
+    # plain ones in its saved adapter.
+    settings = {**architecture_params(deployed, {**method_defaults(deployed), "type": deployed}),
+                **architecture_params(name, params)}
+    return {"deployed_as": deployed, **{k: v for k, v in settings.items() if k != "type"}}
+
+
 def architecture_params(name: str, params: dict) -> dict:
     """The method's settings that shape the model (type, rank, alpha, ...), without the training-only ones."""
     dropped = set(method_class(method_type(name, params)).training_only_params)

@@ -79,6 +79,11 @@ class Method:
     training_only_params: tuple[str, ...] = ("lr", "lr_reason", "optimizer")
     #: The registered name (set by ``register``).
     type_name: str = ""
+    #: The registered type whose deployed model this type's is, given the same architecture settings (its own
+    #: settings all train-only): LoRA's, for the pruned variants and SparseLoRA, which save a plain LoRA adapter
+    #: of the same shapes. The efficiency job (latency, throughput, size, inference memory, FLOPs) then runs once
+    #: for both; None: its own graph.
+    deploys_as: str | None = None
     #: The registered type this one is a preset of, compared and drawn as its variant (QLoRA: LoRA on a 4-bit
     #: base); None: its own family.
     preset_of: str | None = None

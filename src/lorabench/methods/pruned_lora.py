@@ -37,6 +37,7 @@ class SparseLoRAL1(LoRA):
     prunes_adapter = True
     figures = ("metric_vs_sparsity",)
     training_only_params = LoRA.training_only_params + ("l1_weight", "zero_threshold")
+    deploys_as = "lora"  # an L1-trained LoRA adapter: the same shapes
 
     def regularization(self, model):
         weights = list(adapter_weights(model))
@@ -55,6 +56,7 @@ class _PrunedLoRA(LoRA):
 
     # fvcore counts the dense adapter matmuls, so the pruning target and schedule do not change FLOPs.
     training_only_params = LoRA.training_only_params + ("sparsity", "prune_start_frac", "prune_end_frac")
+    deploys_as = "lora"  # pruned weights are zeros in a LoRA adapter of the same shapes
     prunes_adapter = True
     figures = ("metric_vs_sparsity",)
 

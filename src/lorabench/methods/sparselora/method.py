@@ -33,6 +33,7 @@ class SparseLoRA(LoRA):
     # Evaluation runs dense, so these change training only, not the deployed model (efficiency jobs).
     training_only_params = LoRA.training_only_params + ("ffn_sparsity", "attn_sparsity", "dense_layers",
                                                         "warmup_frac", "predictor_rank", "predictor")
+    deploys_as = "lora"  # it saves, merges and deploys a plain LoRA adapter
     #: The predictor file this method reads (the predictor rule writes it; computed in process if absent).
     uses_predictor = True
 
