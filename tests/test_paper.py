@@ -25,7 +25,8 @@ def tiny_paper_config(snapshots) -> dict:
     # the tiny model has 2 layers; the default keeps the first and the last dense, leaving none sparse
     cfg["methods"]["sparselora"]["dense_layers"] = [0]
     cfg["training"].update(epochs=1, max_steps=2, batch_size=8, checkpoint_every=0)
-    cfg["evaluation"].update(batch_size=8, latency_examples=2, timing_repeats=1, throughput_batch_size=4)
+    cfg["evaluation"].update(batch_size=8, latency_examples=2, timing_repeats=1, throughput_batch_size=4,
+                             throughput_min_time_s=0)
     return cfg
 
 
