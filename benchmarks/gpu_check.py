@@ -353,7 +353,8 @@ def check_sparselora_exact(paths: dict, device: torch.device) -> str:
 
 def check_resume(runner: Runner) -> str:
     """SIGKILL a deterministic run after its second checkpoint, resume it, compare with an uninterrupted one."""
-    training = {**dataset_training(runner.config, "sst2"), "checkpoint_every": 1, "max_steps": 6}
+    # 5 epochs of 8 steps: long enough that the kill lands mid-run, not after the last checkpoint
+    training = {**dataset_training(runner.config, "sst2"), "checkpoint_every": 1, "max_steps": None, "epochs": 5}
     ref_out, out = runner.work / "resume" / "reference", runner.work / "resume" / "killed"
     common = dict(training=training, deterministic=True)
     reference = train_run(**runner.kwargs("sst2", "lora", ref_out, **common))
@@ -369,7 +370,7 @@ def check_resume(runner: Runner) -> str:
     proc.wait()
     assert not (out / "train_metrics.json").exists(), "the killed run finished before the kill"
     resumed = train_run(**kwargs)
-    assert resumed["resumed_from_step"] >= 1, resumed["resumed_from_step"]
+    assert 1 <= resumed["resumed_from_step"] < resumed["train_steps"], resumed["resumed_from_step"]
     assert resumed["loss_curve"] == reference["loss_curve"], "the loss curves differ"
     assert [p[k] for p in resumed["heldout_curve"] for k in ("step", "accuracy")] == \
         [p[k] for p in reference["heldout_curve"] for k in ("step", "accuracy")], "the held-out curves differ"

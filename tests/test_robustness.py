@@ -82,7 +82,7 @@ def test_sigkilled_training_resumes_to_identical_results(tokenized, tmp_path):
     killed = json.loads((out / "ckpt" / "attempts.json").read_text())["attempts"]
     assert len(killed) == 2 and all(a["device_s"] > 0 and a["to_step"] >= k for a, k in zip(killed, kill_at))
     resumed = train_run(**_kwargs(tokenized, out))
-    assert resumed["resumed_from_step"] >= kill_at[-1]
+    assert kill_at[-1] <= resumed["resumed_from_step"] < total  # where the last kill left its checkpoint
     # Billed device time covers every attempt: the killed ones up to their last step, then the one that finished.
     assert resumed["attempts"] == 3
     assert resumed["device_hours"] * 3600 > sum(a["device_s"] for a in killed)

@@ -341,6 +341,7 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     attempts = Attempts(checkpoint_dir, fingerprint, device_name(device), device.type, precision.name)
     restored = ckpt.load(model, optimizer, scheduler, scaler, method, mask_gen) if ckpt else None
     progress = restored or Progress()
+    resumed_from = progress.step  # read now: ``progress`` is the restored object, and advances as the run trains
     attempts.begin(progress.step, progress.curve_eval_s, method.optimizer_ran)
     losses = LossLog(progress, run)
     tracking = tracking or Tracking()
@@ -427,7 +428,7 @@ def train(model, method, rows: list[dict], collator, settings: TrainingSettings,
     peak = max(probe_peaks) if probe_peaks else float("nan")
     if memory is not None and memory.kind == "cuda_allocated":
         peak += managed_mb  # paged optimizer state: device memory the allocator's counter never sees
-    return {**run_metrics(progress, train_time, peak, model, optimizer, lr, restored.step if restored else 0,
+    return {**run_metrics(progress, train_time, peak, model, optimizer, lr, resumed_from,
                           flops_per_token, precision, settings.gradient_checkpointing, curve),
             **attempts.summary(), "train_managed_mem_mb": managed_mb}
 
