@@ -29,7 +29,7 @@ CONTEXT_COLUMNS = {"device": ("device", "efficiency_device"),
                    "memory kind": ("memory_kind_train", "memory_kind_efficiency")}
 
 
-def _values(column: pd.Series) -> set[str]:
+def distinct_values(column: pd.Series) -> set[str]:
     """The distinct values of a column, joined values (' + ': a resumed run, a by-method row) split."""
     return {v for cell in column.dropna().astype(str) for v in cell.split(" + ")}
 
@@ -42,8 +42,8 @@ def unlike(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, str]:
     out = {}
     for what, columns in CONTEXT_COLUMNS.items():
         cols = [c for c in columns if c in a and c in b]
-        va = set().union(*(_values(a[c]) for c in cols)) if cols else set()
-        vb = set().union(*(_values(b[c]) for c in cols)) if cols else set()
+        va = set().union(*(distinct_values(a[c]) for c in cols)) if cols else set()
+        vb = set().union(*(distinct_values(b[c]) for c in cols)) if cols else set()
         if va != vb:
             out[what] = f"{' + '.join(sorted(va))} against {' + '.join(sorted(vb))}"
     return out
@@ -56,7 +56,7 @@ def summary_by_method(summary: pd.DataFrame) -> pd.DataFrame:
     keys = ["dataset", "task", "method"] + [k for k in ("method_type", "precision") if k in summary]
     out = stats.describe(summary, keys, cols)
     for col in [c for columns in CONTEXT_COLUMNS.values() for c in columns if c in summary]:
-        joined = summary.groupby(keys, sort=True)[col].agg(lambda v: " + ".join(sorted(_values(v))))
+        joined = summary.groupby(keys, sort=True)[col].agg(lambda v: " + ".join(sorted(distinct_values(v))))
         out = out.merge(joined.reset_index(), on=keys, how="left")
     # Latency and throughput are timed once per (dataset, method), in rounds: their interval is over those
     # rounds (carried in the summary), not over seeds, which all share the one measurement.

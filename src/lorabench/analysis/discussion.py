@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from lorabench.analysis import stats
-from lorabench.analysis.comparisons import unlike
+from lorabench.analysis.comparisons import distinct_values, unlike
 from lorabench.analysis.convergence import NO_PROGRESS, STEEP_DROP, STILL_FALLING, TAIL_FRACTION, TOO_FEW, TOO_SHORT
 from lorabench.analysis.metrics import primary_metric, variant_columns
 
@@ -242,7 +242,7 @@ def frontier_findings(runs: Runs) -> list[str]:
     """The variants no other beats on both peak training memory and the metric (means over seeds)."""
     out = []
     for dataset, g, metric, higher in runs.datasets():
-        kinds = sorted(set(g["memory_kind_train"].dropna())) if "memory_kind_train" in g else []
+        kinds = sorted(distinct_values(g["memory_kind_train"])) if "memory_kind_train" in g else []
         if len(kinds) > 1:
             out.append(f"**{dataset}**: no frontier: the runs' memory is of unlike kinds ({', '.join(kinds)}).")
             continue

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from lorabench.analysis import stats
-from lorabench.analysis.comparisons import CONTEXT_COLUMNS, convergence_table, significance, summary_by_method, unlike
+from lorabench.analysis.comparisons import (CONTEXT_COLUMNS, convergence_table, distinct_values, significance,
+                                           summary_by_method, unlike)
 from lorabench.analysis.convergence import MAX_P, MDE_Z, STEEP_DROP, TAIL_FRACTION
 from lorabench.analysis.discussion import ci_text, discussion_lines, fmt_number
 from lorabench.analysis.metrics import primary_metric
@@ -122,7 +123,7 @@ def _mixed_lines(summary: pd.DataFrame) -> list[str]:
     (memory ones are refused; the others say so where they cross)."""
     lines = []
     for what, columns in CONTEXT_COLUMNS.items():
-        values = sorted({v for c in columns if c in summary for v in summary[c].dropna().astype(str)})
+        values = sorted(set().union(*(distinct_values(summary[c]) for c in columns if c in summary)))
         if len(values) > 1:
             lines.append(f"**Mixed {what}s**: {', '.join(values)}. "
                          + ("Memory is compared only between runs measured the same way (runtime/memory.py: "

@@ -95,8 +95,9 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
                     "model": model_cfg, "method_params": method_params, "training": training,
                     "evaluation": evaluation, "device": device, "precision": precision}
     tracking = exported_trackers() if tracking is None else tracking
+    where = device_name(dev)
     tracker = Tracking(tracking, results_dir, f"{dataset_name}/{method_name}/seed{seed}", config_slice,
-                       {"device": device_name(dev), "device_type": dev.type, "precision": prec.name,
+                       {"device": where, "device_type": dev.type, "precision": prec.name,
                         "version": package_versions()}, checkpoint_dir)
     clock.lap("tracking")
     with tracker:  # closes the tracked runs, marked failed if the job fails
@@ -113,7 +114,7 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
         curve = _heldout_curve(tokenized_dir, dataset_name, dataset, collator, loader, evaluation, prec)
         clock.lap("load")
         if method.trains:
-            failure_key = {"device": device_name(dev), "method_params": method_params, "training": training,
+            failure_key = {"device": where, "method_params": method_params, "training": training,
                            "precision": precision, "seed": seed}
             refuse_known_failure(checkpoint_dir, failure_key)
             try:
@@ -152,7 +153,7 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
             "method": method_name, "method_type": method_type(method_name, method_params), "dataset": dataset_name,
             "seed": seed, "model_repo": model_cfg["repo"],
             "task": dataset["task"], "train_split": dataset["train_split"], "eval_split": evaluated_split(dataset),
-            "device": device_name(dev), "device_type": dev.type, "torch_threads": torch.get_num_threads(),
+            "device": where, "device_type": dev.type, "torch_threads": torch.get_num_threads(),
             "device_hours": hours, "cost_usd": hours * cost_per_device_hour.get(dev.type, 0.0),
             "lr_reason": method_params.get("lr_reason", ""), "versions": package_versions(),
             "load_peak_mem_mb": load_peak, "memory_note": memory.note, "memory_kind_train": memory.kind,
