@@ -154,6 +154,10 @@ def _layout(rows: list[dict], levels: dict, primary: dict):
     points = plot.scatter("x", "y", source=view, size=11, color="colour", legend_field="type", name="points")
     plot.line("x", "y", source=front, color="grey", line_width=2, name="frontier")
     plot.scatter("x", "y", source=front, size=17, fill_alpha=0, line_color="black", name="frontier_marks")
+    # Whiskers are annotations, which the auto-ranges ignore: invisible points at the bars' ends keep every
+    # interval inside the plot, not only the means.
+    for x, y in (("x", "y_lo"), ("x", "y_hi"), ("x_lo", "y"), ("x_hi", "y")):
+        plot.scatter(x, y, source=view, size=1, alpha=0, name=f"bounds_{x}_{y}")
     plot.add_layout(Whisker(source=view, base="x", lower="y_lo", upper="y_hi", dimension="height"))
     plot.add_layout(Whisker(source=view, base="y", lower="x_lo", upper="x_hi", dimension="width"))
     level = Span(location=0, dimension="width", line_dash="dashed", line_color="grey", visible=False, name="base")
