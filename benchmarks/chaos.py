@@ -18,9 +18,14 @@ At the end it checks that
 The last line is
 
     kills=N reruns_of_completed=R summary_equal=yes|no leftovers=L jobs_started=J uninterrupted_jobs=U
+    seeds_retrained=T seeds_seen=S seeds_finished_before_a_kill=K
 
-(jobs_started - uninterrupted_jobs = the jobs a kill interrupted and Snakemake ran again). tests/test_chaos.py
-runs it at its smallest size. Exit status 1 when a check fails.
+(jobs_started - uninterrupted_jobs = the jobs a kill interrupted and Snakemake ran again). With
+``--seeds-per-job 2`` each process trains two seeds (config ``seeds_per_job``), and a kill between them must
+lose only the unfinished one: while the run goes, the benchmark notes each seed's train_metrics.json when it
+first appears (S of them; K of them before a kill that came while their job still had seeds to train; the
+first kill lands there on purpose), and T counts those replaced later, i.e. trained again; it must be 0.
+tests/test_chaos.py runs it at its smallest size, both ways. Exit status 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -53,11 +58,13 @@ MEMORY_RTOL = 0.10
 
 
 def chaos_config(methods=("lora", "full_ft"), datasets=("sst2", "imdb"), seeds=(0, 1),
-                 snapshots: Path = SNAPSHOTS) -> dict:
-    """configs/smoke.yaml cut to ``methods`` x ``datasets`` x ``seeds``, a checkpoint after every step."""
+                 snapshots: Path = SNAPSHOTS, seeds_per_job: int = 1) -> dict:
+    """configs/smoke.yaml cut to ``methods`` x ``datasets`` x ``seeds``, a checkpoint after every step;
+    ``seeds_per_job`` seeds trained in each process."""
     cfg = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
     cfg["snapshots"] = str(snapshots)
     cfg["seeds"] = list(seeds)
+    cfg["seeds_per_job"] = seeds_per_job
     cfg["datasets"] = {d: cfg["datasets"][d] for d in datasets}
     cfg["methods"] = {m: {k: v for k, v in cfg["methods"][m].items() if k != "datasets"} for m in methods}
     cfg["baseline_method"] = methods[0]
@@ -82,12 +89,61 @@ def run_through(workdir: Path, configfile: Path, cores: int, log: Path, timeout:
     return time.perf_counter() - start
 
 
+def finished_seeds(workdir: Path) -> dict[str, bytes]:
+    """Each run's train_metrics.json present now, by path: its bytes (timings make every training's differ)."""
+    found = {}
+    for path in (workdir / "results" / "runs").glob("*/*/seed*/train_metrics.json"):
+        try:
+            found[str(path.relative_to(workdir))] = path.read_bytes()
+        except OSError:  # removed between the listing and the read: Snakemake clearing a killed job's outputs
+            pass
+    return found
+
+
+def _mid_job(seen: dict, seeds: list) -> list[str]:
+    """The seeds seen while another seed of their (dataset, method) had not finished."""
+    done = {tuple(Path(p).parts[2:4]) + (Path(p).parts[4],) for p in seen}
+    return [p for p in seen if any(tuple(Path(p).parts[2:4]) + (f"seed{s}",) not in done for s in seeds)]
+
+
+def _wait_watching(proc: subprocess.Popen, seconds: float, workdir: Path, seen: dict,
+                   until_mid_job: list | None = None) -> int | None:
+    """Wait up to ``seconds`` for ``proc``, noting every seed's train_metrics.json the first time it appears
+    (``seen``: path -> [bytes, whether a kill came while its job had seeds left]); its exit status, or None if it
+    still runs. ``until_mid_job`` (the config's seeds): stop waiting as soon as a seed finished before another of
+    its (dataset, method)."""
+    end = time.monotonic() + seconds
+    while True:
+        for path, content in finished_seeds(workdir).items():
+            seen.setdefault(path, [content, False])
+        if until_mid_job and _mid_job(seen, until_mid_job):
+            return None
+        try:
+            return proc.wait(timeout=max(min(0.2, end - time.monotonic()), 0.01))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= end:
+                return None
+
+
+def seeds_retrained(workdir: Path, seen: dict) -> list[str]:
+    """Runs whose metrics, once written, were replaced: trained again after a kill. Seeds grouped in one job
+    (seeds_per_job) must have none; with one job per seed, a kill after a job's last write and before Snakemake
+    records it as done reruns the job (Snakemake's own rule for an unfinished job)."""
+    final = finished_seeds(workdir)
+    return sorted(path for path, (content, _) in seen.items() if final.get(path) != content)
+
+
 def kill_and_restart(workdir: Path, configfile: Path, cores: int, kills: int, wall: float, total_jobs: int,
-                     rng: np.random.Generator, timeout: float) -> int:
+                     rng: np.random.Generator, timeout: float, seen: dict | None = None,
+                     between_seeds: bool = False) -> int:
     """Start the run and SIGKILL its process group after a random delay, again until ``kills`` kills landed on a
     live run, then let it finish. Each delay is drawn from 1 s up to 0.8 x the time the run still needs (from
     the uninterrupted run's ``wall`` and the share of its ``total_jobs`` not yet finished), so the kills spread
-    over start-up, every stage and the end. Returns the kills that landed (fewer if the run finished first)."""
+    over start-up, every stage and the end. Returns the kills that landed (fewer if the run finished first);
+    ``seen`` collects each seed's first metrics (``seeds_retrained``). ``between_seeds`` (seeds grouped in
+    one job): the first kill lands right after a job's first seed finished, the others at random moments."""
+    seen = {} if seen is None else seen
+    seeds = yaml.safe_load(configfile.read_text())["seeds"]
     done, attempt = 0, 0
     deadline = time.monotonic() + timeout
     while True:
@@ -105,11 +161,14 @@ def kill_and_restart(workdir: Path, configfile: Path, cores: int, kills: int, wa
                                stderr=subprocess.STDOUT, check=True)
             proc = subprocess.Popen(snakemake_cmd(workdir, configfile, cores), stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)  # its own process group: the kill reaches every job
-            try:
-                rc = proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
+            targeted = between_seeds and attempt == 1
+            rc = _wait_watching(proc, max(deadline - time.monotonic(), 1) if targeted else wait, workdir, seen,
+                                seeds if targeted else None)
+            if rc is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+                for path in _mid_job(seen, seeds):
+                    seen[path][1] = True
                 if done >= kills:
                     raise SystemExit(f"the run did not finish within {timeout:.0f} s; see {log}")
                 done += 1
@@ -189,8 +248,13 @@ def chaos(workdir: Path, kills: int = 5, seed: int = 0, cores: int = 2, config: 
     ref = workdir / "reference"
     wall = run_through(ref, ref / "config.yaml", cores, ref / "run.log", timeout)
     found["uninterrupted_jobs"] = sum(len(started) for started, _ in snakemake_jobs(ref))
+    seen = {}
     found["kills"] = kill_and_restart(workdir / "chaos", workdir / "chaos" / "config.yaml", cores, kills, wall,
-                                      found["uninterrupted_jobs"], np.random.default_rng(seed), timeout)
+                                      found["uninterrupted_jobs"], np.random.default_rng(seed), timeout, seen,
+                                      between_seeds=config.get("seeds_per_job", 1) > 1)
+    found["seeds_retrained"] = seeds_retrained(workdir / "chaos", seen)
+    found["seeds_seen"] = len(seen)
+    found["seeds_finished_before_a_kill"] = sum(killed for _, killed in seen.values())  # with seeds left in the job
     runs = snakemake_jobs(workdir / "chaos")
     found["reruns"] = reruns_of_completed(runs)
     found["jobs_started"] = sum(len(started) for started, _ in runs)
@@ -212,10 +276,12 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=["lora", "full_ft"])
     parser.add_argument("--datasets", nargs="+", default=["sst2", "imdb"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--seeds-per-job", type=int, default=1,
+                        help="seeds trained in one process (config seeds_per_job); >1: no finished seed may retrain")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", type=Path, help="keep both runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
-    config = chaos_config(args.methods, args.datasets, args.seeds)
+    config = chaos_config(args.methods, args.datasets, args.seeds, seeds_per_job=args.seeds_per_job)
     with tempfile.TemporaryDirectory() as tmp:
         found = chaos(args.workdir or Path(tmp), args.kills, args.seed, args.cores, config)
     for rerun in found["reruns"]:
@@ -224,14 +290,18 @@ def main(argv=None) -> int:
         print(f"summary differs: {diff}")
     for path in found["leftovers"]:
         print(f"left over: {path}")
+    for path in found["seeds_retrained"]:
+        print(f"finished seed trained again: {path}")
     equal = "no" if found["differences"] else "yes"
     print(f"uninterrupted run: {found['uninterrupted_s']:.0f} s")
     print(f"kills={found['kills']} reruns_of_completed={len(found['reruns'])} summary_equal={equal} "
           f"leftovers={len(found['leftovers'])} jobs_started={found['jobs_started']} "
-          f"uninterrupted_jobs={found['uninterrupted_jobs']}")
+          f"uninterrupted_jobs={found['uninterrupted_jobs']} seeds_retrained={len(found['seeds_retrained'])} "
+          f"seeds_seen={found['seeds_seen']} seeds_finished_before_a_kill={found['seeds_finished_before_a_kill']}")
     if not found["detector_sees_reruns"]:
         print("the rerun detector missed jobs in these logs: reruns_of_completed cannot be trusted")
     failed = found["reruns"] or found["differences"] or found["leftovers"] or not found["detector_sees_reruns"]
+    failed = failed or (args.seeds_per_job > 1 and found["seeds_retrained"])
     return 1 if failed or found["kills"] < args.kills else 0
 
 

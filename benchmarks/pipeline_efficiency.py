@@ -13,7 +13,8 @@ the held-out curve's evaluations taken out of the wall time (they have their own
 held-out curve's evaluation time / the training loops' time (its budget: 10%); jobs = Snakemake jobs (one
 ``benchmark:`` file each); processes = the Python processes the run started (every rule runs a ``script:``,
 so one per job, plus Snakemake's own); startup_load_s_per_process = the mean start-up (interpreter, imports)
-plus load (model and data) of the torch jobs, which record it; wall_s = from the first job's start to the
+plus load (model and data) of the torch jobs' processes, which record it (a process that trains several
+seeds, ``seeds_per_job``, loads once per seed and starts once); wall_s = from the first job's start to the
 last job's end (each ``results/benchmarks/**.tsv`` is written when its job ends and holds the job's seconds).
 A table before it gives the start-up and load per kind of torch job.
 
@@ -64,7 +65,9 @@ def phase_seconds(results: Path, jobs: pd.DataFrame, startup: list | None = None
             total["evaluation"] += phases["evaluation"]
             total["held-out curve"] += phases.get("curve", 0.0)
             total["start-up and load"] += phases["startup"] + phases["load"]
-            startup.append(("train", phases["startup"], phases["load"]))
+            # seeds_per_job: a process's seeds each record their load; the first also the process's start-up
+            process = (phases["process_id"], phases["process_started_unix_s"]) if "process_id" in phases else train_json
+            startup.append(("train", phases["startup"], phases["load"], process))
             total["tracking"] += phases.get("tracking", 0.0)  # with `tracking:` on: opening, final metrics
         else:  # older layout: the evaluation forward was timed by a separate evaluate job
             eval_json = train_json.parent / "eval_metrics.json"
@@ -75,7 +78,7 @@ def phase_seconds(results: Path, jobs: pd.DataFrame, startup: list | None = None
         total["efficiency timing"] += phases["efficiency_timing"]
         total["FLOPs"] += phases["flops"]
         total["start-up and load"] += phases["startup"] + phases["load"]
-        startup.append(("efficiency", phases["startup"], phases["load"]))
+        startup.append(("efficiency", phases["startup"], phases["load"], eff_json))
     total["FLOPs"] += jobs.loc[jobs["rule"] == "flops", "s"].sum()  # older layout: whole flops jobs
     return total
 
@@ -90,7 +93,8 @@ def breakdown(results: Path) -> tuple[pd.DataFrame, dict]:
     table["share_of_wall"] = table["seconds"] / wall
     by_rule = jobs.groupby("rule")["s"].agg(["count", "sum", "mean"]).sort_values("sum", ascending=False)
     loops = seconds["training loops"]
-    per_process = pd.DataFrame(startup, columns=["job", "startup_s", "load_s"])
+    per_process = (pd.DataFrame(startup, columns=["job", "startup_s", "load_s", "process"]).astype({"process": str})
+                   .groupby(["job", "process"], as_index=False)[["startup_s", "load_s"]].sum())
     by_kind = per_process.groupby("job").agg(processes=("startup_s", "size"), startup_s_mean=("startup_s", "mean"),
                                              load_s_mean=("load_s", "mean"))
     totals = {"train_share": loops / wall, "curve_share": seconds["held-out curve"] / loops if loops else 0.0,

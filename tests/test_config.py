@@ -152,6 +152,7 @@ BAD_CONFIGS = [
     ("a negative equivalence margin", "evaluation.equivalence_margin", {"perplexity": -1.0},
      ["evaluation.equivalence_margin.perplexity", "-1"]),
     ("an unknown tracker", "tracking", ["neptune"], ["tracking", "neptune", "tensorboard"]),
+    ("no seed per job", "seeds_per_job", 0, ["seeds_per_job", "0"]),
 ]
 
 

@@ -1,6 +1,8 @@
 """Before its first job a run says what it will do: runs, the precision auto resolves to and why, and how long
 the config took on the machines it was measured on."""
 
+import re
+
 import pytest
 import torch
 import yaml
@@ -52,3 +54,24 @@ def test_a_dry_run_prints_the_plan_before_anything(tmp_path):
     assert plan[0].startswith(f"lorabench: {runs} training runs (1 seed)") and "precision: fp32" in plan[1]
     assert plan[-1] == "lorabench: no measured run time of " + str(tmp_path / "smoke.yaml") + \
         " (docs/measurements/run-times.yaml)"  # a config of the user's own, outside the repository
+
+
+def test_seeds_grouped_per_job_plan_one_job_per_chunk_with_every_seed_s_outputs(tmp_path):
+    from lorabench.config import seed_chunks
+
+    assert seed_chunks([0, 1, 2, 3, 4], 2) == [[0, 1], [2, 3], [4]]
+    assert seed_chunks([0, 1, 2], 3, local=False) == [[0], [1], [2]]  # a cluster: one job per seed
+    cfg = {**smoke_config(), "seeds": [0, 1, 2], "seeds_per_job": 2}
+    proc = snakemake(tmp_path, write_config(tmp_path / "grouped.yaml", cfg), "-n", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = len(run_pairs(cfg))
+    plan = [line for line in proc.stderr.splitlines() if line.startswith("lorabench: ")]
+    assert plan[0].startswith(f"lorabench: {3 * runs} training runs (3 seeds) in {2 * runs} jobs of up to 2 seeds")
+    jobs = re.findall(r"^rule (train\w*):\n(?:    .*\n)*?    output: (.*)$", proc.stdout, re.M)
+    assert sorted({rule for rule, _ in jobs}) == ["train_seeds0_1", "train_seeds2"]
+    assert sum(rule == "train_seeds0_1" for rule, _ in jobs) == runs
+    outputs = {path for _, out in jobs for path in out.split(", ")}
+    for dataset, method in run_pairs(cfg):
+        for seed in cfg["seeds"]:
+            run = f"results/runs/{dataset}/{method}/seed{seed}"
+            assert {f"{run}/model", f"{run}/train_metrics.json", f"{run}/predictions.csv"} <= outputs

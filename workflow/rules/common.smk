@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also when not pip-installed
 
-from lorabench.config import ConfigError, curve_points, dataset_entry, dataset_training, method_params_on, sorted_keys
+from lorabench.config import ConfigError, curve_points, seed_chunks, dataset_entry, dataset_training, method_params_on, sorted_keys
 from lorabench.config.tracking import export_trackers
 from lorabench.analysis.figures import figures_for
 from lorabench.methods import architecture_params, deployed_graph, method_class, type_traits
@@ -41,6 +41,10 @@ METHODS = list(config["methods"])
 SEEDS = list(config["seeds"])
 THREADS = config["threads"]
 RUN = "results/runs/{dataset}/{method}/seed{seed}"
+# seeds_per_job > 1: one process trains a (method, dataset)'s seeds in chunks of that many (workflow/rules/
+# train.smk), on a local run only. A cluster executor, and each job it submits, keeps one job per seed, and the
+# main process and the jobs must agree on the rules: the submitted jobs run in REMOTE mode.
+SEED_CHUNKS = seed_chunks(SEEDS, config.get("seeds_per_job", 1), workflow.local_exec and not workflow.remote_exec)
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
@@ -99,6 +103,12 @@ def run_settings(method, dataset):
     merged in; without `datasets`, which says where it runs, not how (adding a dataset to the list reruns nothing
     that already ran), and without the other models' settings (changing those reruns only their runs)."""
     return method_params_on(config, method, model_of(dataset))
+
+
+def checkpoint_dir(dataset, method, seed):
+    """Where a run keeps its checkpoint. Not an output: Snakemake deletes a failed job's outputs, but a killed run
+    must find its checkpoint."""
+    return f"results/checkpoints/{dataset}/{method}/seed{seed}"
 
 
 def run_params(wildcards):
@@ -174,7 +184,8 @@ if workflow.is_main_process:  # not in each cluster job's own Snakemake: once, b
 
     _other = {efficiency_file(d, m) for d, m in PAIRS}
     _other |= {f for d, m in PAIRS for f in method_inputs(SimpleNamespace(dataset=d, method=m)).values()}
-    print("\n".join(plan_lines(config, _config_name(), len(PAIRS) * len(SEEDS), len(_other))), file=sys.stderr)
+    print("\n".join(plan_lines(config, _config_name(), len(PAIRS) * len(SEEDS), len(_other),
+                               len(PAIRS) * len(SEED_CHUNKS))), file=sys.stderr)
 
 
 def torch_resources(kind):

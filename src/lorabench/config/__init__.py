@@ -6,4 +6,4 @@ is checked by lorabench.methods.checks, which runs this validation first."""
 
 from lorabench.config.validation import ConfigError, validate_config  # noqa: F401
 from lorabench.config.views import (curve_points, dataset_entry, dataset_training, method_entries,  # noqa: F401
-                                    method_params_on, sorted_keys)
+                                    method_params_on, seed_chunks, sorted_keys)

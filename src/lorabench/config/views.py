@@ -78,3 +78,11 @@ def sorted_keys(value):
     if isinstance(value, list):
         return [sorted_keys(v) for v in value]
     return value
+
+
+def seed_chunks(seeds: list, seeds_per_job: int, local: bool = True) -> list[list]:
+    """The seeds each training job of a (method, dataset) trains: chunks of ``seeds_per_job`` in config order, on
+    a local run; one seed per job on a cluster (``local`` False). Appending seeds adds chunks and leaves the
+    finished ones alone, as long as the last chunk was full."""
+    size = seeds_per_job if local else 1
+    return [list(seeds[i:i + size]) for i in range(0, len(seeds), size)]

@@ -10,6 +10,7 @@ Both record where their time went (``job_phases_s``), which benchmarks/pipeline_
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -35,10 +36,21 @@ from lorabench.runtime.precision import resolve_precision
 
 
 class PhaseClock:
-    """Seconds per phase of this job, from the process's start (interpreter and imports = 'startup')."""
+    """Seconds per phase of this job, from the process's start (interpreter and imports = 'startup').
+
+    A job that trains several seeds (seeds_per_job: execution/seed_chunk.py) runs each in a child forked after
+    the imports; it sets ``started_at`` (the first seed: the job's own start, so it carries the job's start-up;
+    the later ones: their fork) and ``process`` (the job's pid and start time, which tells pipeline_efficiency
+    the seeds shared one process)."""
+
+    started_at: float | None = None
+    process: tuple[int, float] | None = None
 
     def __init__(self):
-        self.phases = {"startup": time.time() - psutil.Process().create_time()}
+        created = psutil.Process().create_time()
+        self._begin = PhaseClock.started_at if PhaseClock.started_at is not None else created
+        self._process = PhaseClock.process or (os.getpid(), created)
+        self.phases = {"startup": time.time() - self._begin}
         self._last = time.perf_counter()
 
     def lap(self, phase: str) -> float:
@@ -53,8 +65,8 @@ class PhaseClock:
         self.phases[target] = self.phases.get(target, 0.0) + seconds
 
     def done(self) -> dict:
-        self.phases["total"] = time.time() - psutil.Process().create_time()
-        return dict(self.phases)
+        self.phases["total"] = time.time() - self._begin
+        return {**self.phases, "process_id": self._process[0], "process_started_unix_s": self._process[1]}
 
 
 def _setup(model_dir, dataset: dict, model_cfg: dict, method_name: str, method_params: dict, threads: int,
@@ -146,8 +158,6 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
         per_example.to_csv(out_predictions, index=False)
         write_json(out_eval_metrics, scores)
 
-        if checkpoint_dir is not None:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete; nothing left to resume
         metrics = {
             **result, **counts, **method.report(model),
             "method": method_name, "method_type": method_type(method_name, method_params), "dataset": dataset_name,
@@ -165,7 +175,9 @@ def train_run(*, model_dir, tokenized_dir, out_model_dir, out_metrics, out_eval_
         tracker.finish({**metrics, **scores})  # the summary row: training and evaluation
         clock.lap("tracking")
         metrics["job_phases_s"] = clock.done()
-        write_json(out_metrics, metrics)  # last: its presence means the whole job completed
+        write_json(out_metrics, metrics)  # its presence means the whole run completed
+        if checkpoint_dir is not None:  # after, not before: a kill in between resumes from the last checkpoint
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return metrics
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ import torch
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
+_MADV_POPULATE_READ = 22  # madvise advice (linux/mman.h, Linux 5.14): fill the page tables, reading
 EXACT_MMAP_THRESHOLD = 64 * 1024
 # glibc's own ceiling for its dynamic threshold on 64-bit: where it settles in a long run anyway. Setting any
 # value switches the dynamic adjustment off, so relaxed phases pin it there.
@@ -123,6 +125,48 @@ def managed_bytes(optimizer: torch.optim.Optimizer | None) -> int:
     paged = {id(t) for t in manager.paged_tensors}
     return sum(_bytes(v) for s in optimizer.state.values() for v in s.values()
                if isinstance(v, torch.Tensor) and id(v) in paged)
+
+
+def resident_file_pages() -> list[tuple[int, int]]:
+    """The readable file-backed pages (shared libraries, their code and data) this process has resident, as
+    (address, bytes) runs; [] where /proc/self/pagemap cannot be read.
+
+    A forked child does not inherit these page-table entries (the kernel refaults them on first use), so its
+    RSS starts below its parent's and every library page it uses again would count in its phase peaks, which a
+    process that imported the libraries itself does not pay. ``refault_file_pages`` in the child maps them
+    back before its baseline (execution/seed_chunk.py)."""
+    import numpy as np
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    runs = []
+    try:
+        with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb") as pagemap:
+            for line in maps:
+                fields = line.split()
+                if len(fields) < 6 or not fields[5].startswith("/") or fields[5].startswith("/dev/") \
+                        or not fields[1].startswith("r"):
+                    continue
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                pagemap.seek(start // page * 8)
+                present = (np.frombuffer(pagemap.read((end - start) // page * 8), dtype=np.uint64) >> 63) & 1
+                edges = np.flatnonzero(np.diff(np.concatenate(([0], present.astype(np.int8), [0]))))
+                runs += [(start + int(a) * page, int(b - a) * page) for a, b in zip(edges[::2], edges[1::2])]
+    except OSError:
+        return []
+    return runs
+
+
+def refault_file_pages(runs: list[tuple[int, int]]) -> None:
+    """Map ``runs`` (from ``resident_file_pages`` in the parent) into this process's page tables again: the
+    pages are in the page cache, so this reads nothing from disk."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    madvise = libc.madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for address, nbytes in runs:
+        if madvise(address, nbytes, _MADV_POPULATE_READ) != 0:  # before Linux 5.14: touch each page
+            for offset in range(0, nbytes, page):
+                ctypes.string_at(address + offset, 1)
 
 
 def _malloc_trim() -> None:

@@ -48,12 +48,18 @@ def measured_times(config_name: str, path: Path = RUN_TIMES) -> list[dict]:
     return [e for e in yaml.safe_load(path.read_text()) or [] if e["config"] == config_name]
 
 
-def plan_lines(config: dict, config_name: str, train_jobs: int, other_torch_jobs: int) -> list[str]:
-    """The lines a run prints before its first job."""
+def plan_lines(config: dict, config_name: str, train_jobs: int, other_torch_jobs: int,
+               train_processes: int | None = None) -> list[str]:
+    """The lines a run prints before its first job; ``train_processes``: the jobs the training runs are grouped
+    in (config ``seeds_per_job``), when fewer than the runs."""
     seeds = len(config["seeds"])
-    lines = [f"{train_jobs} training runs ({seeds} seed{'s' if seeds != 1 else ''}) and {other_torch_jobs} other "
-             f"torch jobs (efficiency timing, predictors), {config['threads']} threads each; Snakemake runs only "
-             "those whose outputs are missing or stale"]
+    grouped = (f" in {train_processes} jobs of up to {config['seeds_per_job']} seeds each"
+               if train_processes is not None and train_processes < train_jobs else "")
+    lines = [f"{train_jobs} training runs ({seeds} seed{'s' if seeds != 1 else ''}){grouped} and {other_torch_jobs} "
+             f"other torch jobs (efficiency timing, predictors), {config['threads']} threads each; Snakemake runs "
+             "only those whose outputs are missing or stale"]
+    if config.get("seeds_per_job", 1) > 1 and not grouped and seeds > 1:
+        lines.append("seeds_per_job: one job per seed on a cluster executor, so that the seeds run in parallel")
     try:
         device = resolve_device(config["device"])
     except RuntimeError:  # device: cuda, submitted from a machine without one (a cluster's login node)
