@@ -129,3 +129,27 @@ def test_training_memory_probes_the_first_two_batches_and_the_longest():
     assert memory_probe_batches(batches, lengths) == {0, 1, 3}
     assert memory_probe_batches(batches[:1], lengths) == {0}
     assert memory_probe_batches([], lengths) == set()
+
+
+def test_a_forked_child_gets_its_parent_s_resident_library_pages_back():
+    """seeds_per_job forks a child per seed after the imports: without its parent's file-backed pages mapped
+    back, its RSS starts lower and each library page it uses again counts in its peaks."""
+    import os
+
+    from lorabench.runtime.memory import _status_kb, refault_file_pages, resident_file_pages
+
+    pages = resident_file_pages()
+    assert sum(n for _, n in pages) > 20 * 2**20  # torch's libraries alone are far more than this
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: RSS before and after, to the parent through the pipe
+        before = _status_kb("VmRSS")
+        refault_file_pages(pages)
+        os.write(write, f"{before} {_status_kb('VmRSS')}".encode())
+        os._exit(0)
+    os.close(write)
+    before, after = map(float, os.read(read, 100).split())
+    os.waitpid(pid, 0)
+    parent = _status_kb("VmRSS")
+    assert parent - before > 10 * 1024, (parent, before)  # the child lost the library pages' entries
+    assert abs(after - parent) < 0.02 * parent, (after, parent)  # and has them back

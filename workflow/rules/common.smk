@@ -7,7 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the package, also when not pip-installed
 
-from lorabench.config import ConfigError, curve_points, seed_chunks, dataset_entry, dataset_training, method_params_on, sorted_keys
+from lorabench.config import (ConfigError, curve_points, dataset_entry, dataset_training, method_params_on,
+                              seed_chunks, sorted_keys)
 from lorabench.config.tracking import export_trackers
 from lorabench.analysis.figures import figures_for
 from lorabench.methods import architecture_params, deployed_graph, method_class, type_traits

@@ -63,5 +63,6 @@ else:
         # Every job this run needed completed: the finished seeds' stages (execution/seed_chunk.py) can go.
         from lorabench.execution.seed_chunk import remove_finished_stages
 
-        remove_finished_stages((checkpoint_dir(d, m, s), RUN.format(dataset=d, method=m, seed=s) + "/train_metrics.json")
+        metrics = f"{RUN}/train_metrics.json"
+        remove_finished_stages((checkpoint_dir(d, m, s), metrics.format(dataset=d, method=m, seed=s))
                                for d, m in PAIRS for s in SEEDS)

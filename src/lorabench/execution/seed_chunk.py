@@ -113,7 +113,8 @@ def train_seeds(*, seeds: list[int], outputs: dict[str, list], checkpoint_dirs: 
         else:
             write_json(stage / SETTINGS, settings)
             paths = {"out_model_dir": stage / OUTPUTS["model"], "out_metrics": stage / OUTPUTS["metrics"],
-                     "out_eval_metrics": stage / OUTPUTS["evaluation"], "out_predictions": stage / OUTPUTS["predictions"]}
+                     "out_eval_metrics": stage / OUTPUTS["evaluation"],
+                     "out_predictions": stage / OUTPUTS["predictions"]}
             args = ({**run, **paths, "checkpoint_dir": checkpoint_dirs[i]}, seed,
                     process[1] if first else time.time(), process)
             if torch.cuda.is_initialized():  # CUDA cannot be used again in a forked child: train here
