@@ -89,12 +89,16 @@ def run_through(workdir: Path, configfile: Path, cores: int, log: Path, timeout:
     return time.perf_counter() - start
 
 
-def finished_seeds(workdir: Path) -> dict[str, bytes]:
-    """Each run's train_metrics.json present now, by path: its bytes (timings make every training's differ)."""
+def finished_seeds(workdir: Path, skip=()) -> dict[str, bytes]:
+    """Each run's train_metrics.json present now, by path: its bytes (timings make every training's differ).
+    Paths in ``skip`` are left out unread."""
     found = {}
     for path in (workdir / "results" / "runs").glob("*/*/seed*/train_metrics.json"):
+        key = str(path.relative_to(workdir))
+        if key in skip:
+            continue
         try:
-            found[str(path.relative_to(workdir))] = path.read_bytes()
+            found[key] = path.read_bytes()
         except OSError:  # removed between the listing and the read: Snakemake clearing a killed job's outputs
             pass
     return found
@@ -102,8 +106,8 @@ def finished_seeds(workdir: Path) -> dict[str, bytes]:
 
 def _mid_job(seen: dict, seeds: list) -> list[str]:
     """The seeds seen while another seed of their (dataset, method) had not finished."""
-    done = {tuple(Path(p).parts[2:4]) + (Path(p).parts[4],) for p in seen}
-    return [p for p in seen if any(tuple(Path(p).parts[2:4]) + (f"seed{s}",) not in done for s in seeds)]
+    done = {Path(p).parts[2:5] for p in seen}  # (dataset, method, "seed<n>")
+    return [p for p in seen if any((*Path(p).parts[2:4], f"seed{s}") not in done for s in seeds)]
 
 
 def _wait_watching(proc: subprocess.Popen, seconds: float, workdir: Path, seen: dict,
@@ -114,8 +118,8 @@ def _wait_watching(proc: subprocess.Popen, seconds: float, workdir: Path, seen: 
     its (dataset, method)."""
     end = time.monotonic() + seconds
     while True:
-        for path, content in finished_seeds(workdir).items():
-            seen.setdefault(path, [content, False])
+        for path, content in finished_seeds(workdir, skip=seen).items():  # every 0.2 s: read only new ones
+            seen[path] = [content, False]
         if until_mid_job and _mid_job(seen, until_mid_job):
             return None
         try:
