@@ -12,7 +12,8 @@ with train_share = summed training-loop time / the run's wall time; train_share_
 the held-out curve's evaluations taken out of the wall time (they have their own budget); curve_share = the
 held-out curve's evaluation time / the training loops' time (its budget: 10%); jobs = Snakemake jobs (one
 ``benchmark:`` file each); processes = the Python processes the run started (every rule runs a ``script:``,
-so one per job, plus Snakemake's own); startup_load_s_per_process = the mean start-up (interpreter, imports)
+so one per job, plus Snakemake's own and, with ``warm_process``, the warm process that forks the torch jobs:
+lorabench/execution/warm.py); startup_load_s_per_process = the mean start-up (interpreter, imports)
 plus load (model and data) of the torch jobs' processes, which record it (a process that trains several
 seeds, ``seeds_per_job``, loads once per seed and starts once); wall_s = from the first job's start to the
 last job's end (each ``results/benchmarks/**.tsv`` is written when its job ends and holds the job's seconds).
@@ -67,7 +68,7 @@ def phase_seconds(results: Path, jobs: pd.DataFrame, startup: list | None = None
             total["start-up and load"] += phases["startup"] + phases["load"]
             # seeds_per_job: a process's seeds each record their load; the first also the process's start-up
             process = (phases["process_id"], phases["process_started_unix_s"]) if "process_id" in phases else train_json
-            startup.append(("train", phases["startup"], phases["load"], process))
+            startup.append(("train", phases["startup"], phases["load"], process, phases.get("warm_process", False)))
             total["tracking"] += phases.get("tracking", 0.0)  # with `tracking:` on: opening, final metrics
         else:  # older layout: the evaluation forward was timed by a separate evaluate job
             eval_json = train_json.parent / "eval_metrics.json"
@@ -78,7 +79,7 @@ def phase_seconds(results: Path, jobs: pd.DataFrame, startup: list | None = None
         total["efficiency timing"] += phases["efficiency_timing"]
         total["FLOPs"] += phases["flops"]
         total["start-up and load"] += phases["startup"] + phases["load"]
-        startup.append(("efficiency", phases["startup"], phases["load"], eff_json))
+        startup.append(("efficiency", phases["startup"], phases["load"], eff_json, phases.get("warm_process", False)))
     total["FLOPs"] += jobs.loc[jobs["rule"] == "flops", "s"].sum()  # older layout: whole flops jobs
     return total
 
@@ -93,13 +94,15 @@ def breakdown(results: Path) -> tuple[pd.DataFrame, dict]:
     table["share_of_wall"] = table["seconds"] / wall
     by_rule = jobs.groupby("rule")["s"].agg(["count", "sum", "mean"]).sort_values("sum", ascending=False)
     loops = seconds["training loops"]
-    per_process = (pd.DataFrame(startup, columns=["job", "startup_s", "load_s", "process"]).astype({"process": str})
-                   .groupby(["job", "process"], as_index=False)[["startup_s", "load_s"]].sum())
+    per_process = (pd.DataFrame(startup, columns=["job", "startup_s", "load_s", "process", "warm"])
+                   .astype({"process": str}).groupby(["job", "process"], as_index=False)
+                   .agg(startup_s=("startup_s", "sum"), load_s=("load_s", "sum"), warm=("warm", "any")))
     by_kind = per_process.groupby("job").agg(processes=("startup_s", "size"), startup_s_mean=("startup_s", "mean"),
                                              load_s_mean=("load_s", "mean"))
     totals = {"train_share": loops / wall, "curve_share": seconds["held-out curve"] / loops if loops else 0.0,
               "train_share_excl_curves": loops / (wall - seconds["held-out curve"]),
-              "processes": len(jobs) + 1,
+              "processes": len(jobs) + 1 + bool(per_process["warm"].any()),  # + the warm process, if any
+              "warm_jobs": int(per_process["warm"].sum()), "torch_jobs": len(per_process),
               "startup_load_s_per_process": float((per_process["startup_s"] + per_process["load_s"]).mean())
               if len(per_process) else float("nan"),
               "startup_by_kind": by_kind, "jobs": len(jobs), "wall_s": wall,
@@ -117,9 +120,10 @@ def main(argv=None) -> int:
     print(table.to_string(index=False, formatters={"seconds": "{:.0f}".format, "share_of_wall": "{:.1%}".format}))
     print("\njobs by rule (Snakemake benchmark seconds):")
     print(totals["by_rule"].to_string(float_format="{:.1f}".format))
-    print(f"\nPython processes: {totals['processes']} (one per job, every rule runs a script, plus Snakemake's own);"
-          " start-up and load of the torch jobs (seconds, mean per process):")
+    print(f"\nPython processes: {totals['processes']} (one per job, every rule runs a script, plus Snakemake's own "
+          "and the warm process's, where one ran); start-up and load of the torch jobs (seconds, mean per process):")
     print(totals["startup_by_kind"].to_string(float_format="{:.1f}".format))
+    print(f"torch jobs forked from the warm process (warm_process): {totals['warm_jobs']} of {totals['torch_jobs']}")
     if (table["seconds"] < 0).any():
         print("note: 'everything else' is negative: jobs ran in parallel, so summed phases exceed the wall time")
     print(f"train_share={totals['train_share']:.3f} train_share_excl_curves={totals['train_share_excl_curves']:.3f} "

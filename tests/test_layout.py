@@ -102,7 +102,11 @@ TORCH_FREE = {"lorabench.analysis": ["lorabench.analysis"],
               **{f"lorabench.analysis.{p.stem}": [f"lorabench.analysis.{p.stem}"]
                  for p in sorted((PACKAGE / "analysis").glob("*.py")) if p.stem != "__init__"},
               "lorabench.config": ["lorabench.config", "lorabench.io"],
-              **{f"scripts/{s}.py": _script_imports(s) for s in ("aggregate", "report", "plot", "lr_choice")}}
+              **{f"scripts/{s}.py": _script_imports(s) for s in ("aggregate", "report", "plot", "lr_choice")},
+              # the torch jobs' own processes: the warm process (execution/warm.py) imports torch for them
+              **{f"scripts/{s}.py": _script_imports(s)
+                 for s in ("train", "train_seeds", "efficiency", "predictor", "tokenize", "fetch_model",
+                           "fetch_dataset")}}
 
 
 @pytest.mark.parametrize("what", sorted(TORCH_FREE))

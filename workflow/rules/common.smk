@@ -47,6 +47,15 @@ RUN = "results/runs/{dataset}/{method}/seed{seed}"
 # main process and the jobs must agree on the rules: the submitted jobs run in REMOTE mode.
 SEED_CHUNKS = seed_chunks(SEEDS, config.get("seeds_per_job", 1), workflow.local_exec and not workflow.remote_exec)
 
+# warm_process (a local run): the torch jobs are forked from one process that imported the libraries once
+# (lorabench/execution/warm.py); without it each job imports them itself. Not a param: it reruns nothing.
+if config.get("warm_process", True) and workflow.local_exec and not workflow.remote_exec:
+
+    onstart:
+        from lorabench.execution.warm import start
+
+        start(".snakemake/lorabench-warm.log")
+
 wildcard_constraints:
     dataset="|".join(DATASETS),
     method="|".join(map(re.escape, METHODS)),

@@ -1,8 +1,8 @@
 from lorabench.io import log_to
 
 log_to(snakemake.log[0])
-from lorabench.loading.data import fetch_dataset  # noqa: E402
+from lorabench.execution.warm import call  # noqa: E402
 
 d = snakemake.params.dataset
-fetch_dataset(d["repo"], d.get("config_name"), [d["train_split"], d["eval_split"]],
-              snakemake.params.snapshots, snakemake.output[0])
+call("lorabench.loading.data:fetch_dataset", repo=d["repo"], config_name=d.get("config_name"),
+     splits=[d["train_split"], d["eval_split"]], snapshots=snakemake.params.snapshots, out_dir=snakemake.output[0])

@@ -1,7 +1,8 @@
 from lorabench.io import log_to
 
 log_to(snakemake.log[0])
-from lorabench.loading.models import fetch_model  # noqa: E402
+from lorabench.execution.warm import call  # noqa: E402
 
 m = snakemake.params.model
-fetch_model(m["repo"], snakemake.params.snapshots, snakemake.output[0], m.get("gguf_file"))
+call("lorabench.loading.models:fetch_model", repo=m["repo"], snapshots=snakemake.params.snapshots,
+     out_dir=snakemake.output[0], gguf_file=m.get("gguf_file"))

@@ -1,7 +1,8 @@
 from lorabench.io import log_to
 
 log_to(snakemake.log[0])
-from lorabench.methods.sparselora.predictors import save_predictors  # noqa: E402
+from lorabench.execution.warm import call  # noqa: E402
 
 w = snakemake.wildcards
-save_predictors(snakemake.input.model, int(w.rank), w.kind, snakemake.output[0], snakemake.input.tokenized)
+call("lorabench.methods.sparselora.predictors:save_predictors", model_dir=snakemake.input.model, rank=int(w.rank),
+     kind=w.kind, out_file=snakemake.output[0], tokenized_dir=snakemake.input.tokenized)

@@ -1,10 +1,11 @@
 from lorabench.io import log_to
 
 log_to(snakemake.log[0])
-from lorabench.execution.jobs import train_run  # noqa: E402
+from lorabench.execution.warm import call  # noqa: E402
 
 run = snakemake.params.run
-train_run(
+call(
+    "lorabench.execution.jobs:train_run",
     model_dir=snakemake.input.model, tokenized_dir=snakemake.input.tokenized,
     out_model_dir=snakemake.output.model, out_metrics=snakemake.output.metrics,
     out_eval_metrics=snakemake.output.evaluation, out_predictions=snakemake.output.predictions,

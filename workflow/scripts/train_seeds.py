@@ -1,10 +1,11 @@
 from lorabench.io import log_to
 
 log_to(snakemake.log[0])
-from lorabench.execution.seed_chunk import train_seeds  # noqa: E402
+from lorabench.execution.warm import call  # noqa: E402
 
 run = snakemake.params.run
-train_seeds(
+call(
+    "lorabench.execution.seed_chunk:train_seeds",
     seeds=[int(s) for s in snakemake.params.seeds], checkpoint_dirs=snakemake.params.checkpoint_dirs,
     outputs={role: list(getattr(snakemake.output, role)) for role in ("model", "metrics", "evaluation", "predictions")},
     model_dir=snakemake.input.model, tokenized_dir=snakemake.input.tokenized,

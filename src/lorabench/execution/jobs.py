@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
 from lorabench.config.tracking import exported_trackers
@@ -30,6 +29,7 @@ from lorabench.io import atomic_dir, dir_size_mb, package_versions, read_json, w
 from lorabench.loading.data import EVAL, HELDOUT, TRAIN, Collator, evaluated_split, load_tokenized
 from lorabench.loading.models import ModelLoader
 from lorabench.methods import build_method, count_parameters, method_type
+from lorabench.runtime.clock import process_started_at
 from lorabench.runtime.device import device_name, resolve_device, seed_everything, set_deterministic, set_threads
 from lorabench.runtime.memory import PhaseMemory
 from lorabench.runtime.precision import resolve_precision
@@ -41,13 +41,15 @@ class PhaseClock:
     A job that trains several seeds (seeds_per_job: execution/seed_chunk.py) runs each in a child forked after
     the imports; it sets ``started_at`` (the first seed: the job's own start, so it carries the job's start-up;
     the later ones: their fork) and ``process`` (the job's pid and start time, which tells pipeline_efficiency
-    the seeds shared one process)."""
+    the seeds shared one process). A job forked from the warm process (execution/warm.py) sets ``started_at`` to
+    its Snakemake job process's start, and ``warm``."""
 
     started_at: float | None = None
     process: tuple[int, float] | None = None
+    warm: bool = False
 
     def __init__(self):
-        created = psutil.Process().create_time()
+        created = process_started_at()  # not psutil's create_time: runtime/clock.py
         self._begin = PhaseClock.started_at if PhaseClock.started_at is not None else created
         self._process = PhaseClock.process or (os.getpid(), created)
         self.phases = {"startup": time.time() - self._begin}
@@ -66,7 +68,8 @@ class PhaseClock:
 
     def done(self) -> dict:
         self.phases["total"] = time.time() - self._begin
-        return {**self.phases, "process_id": self._process[0], "process_started_unix_s": self._process[1]}
+        return {**self.phases, "process_id": self._process[0], "process_started_unix_s": self._process[1],
+                "warm_process": PhaseClock.warm}
 
 
 def _setup(model_dir, dataset: dict, model_cfg: dict, method_name: str, method_params: dict, threads: int,

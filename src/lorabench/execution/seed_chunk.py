@@ -88,17 +88,17 @@ def train_seeds(*, seeds: list[int], outputs: dict[str, list], checkpoint_dirs: 
     import multiprocessing
     import time
 
-    import psutil
     import torch
 
     from lorabench.io import read_json, write_json
+    from lorabench.runtime.clock import process_started_at
     from lorabench.runtime.memory import import_libraries, resident_file_pages
 
-    import lorabench.execution.jobs  # noqa: F401  (once, before the forks: the children inherit it)
+    from lorabench.execution.jobs import PhaseClock  # once, before the forks: the children inherit it
 
     import_libraries()  # likewise: what each seed's job would import before its memory baseline
-    me = psutil.Process()
-    process = (me.pid, me.create_time())
+    process = (os.getpid(), process_started_at())
+    job_started = PhaseClock.started_at or process[1]  # set where this job is a child of the warm process
     fork = multiprocessing.get_context("fork")
     inputs = {"model": _identity(run["model_dir"]), "tokenized": _identity(run["tokenized_dir"]),
               **{role: _identity(path) for role, path in (run.get("method_inputs") or {}).items()}}
@@ -116,7 +116,7 @@ def train_seeds(*, seeds: list[int], outputs: dict[str, list], checkpoint_dirs: 
                      "out_eval_metrics": stage / OUTPUTS["evaluation"],
                      "out_predictions": stage / OUTPUTS["predictions"]}
             args = ({**run, **paths, "checkpoint_dir": checkpoint_dirs[i]}, seed,
-                    process[1] if first else time.time(), process)
+                    job_started if first else time.time(), process)
             if torch.cuda.is_initialized():  # CUDA cannot be used again in a forked child: train here
                 _train_child(*args, [])
             else:
