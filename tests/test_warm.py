@@ -28,16 +28,29 @@ def _client(target: str, log: Path, env: dict, cwd: Path, **kwargs) -> subproces
 
 
 @pytest.fixture()
-def server(tmp_path, monkeypatch):
-    """A bare server (nothing preloaded), its targets importable: (its Popen, the jobs' environment)."""
+def start_server(tmp_path, monkeypatch):
+    """Starts a server whose children can import tests/warm_targets.py (``preload``: the real imports, else
+    none); returns its Popen. Killed at the test's end."""
     from lorabench.execution.warm import SOCKET_ENV, start
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(REPO / "src")]))
     monkeypatch.delenv(SOCKET_ENV, raising=False)
-    proc = start(str(tmp_path / "warm.log"), preload=False)
-    yield proc, dict(os.environ)
-    proc.kill()
-    proc.wait()
+    started = []
+
+    def _start(preload: bool):
+        started.append(start(str(tmp_path / "warm.log"), preload=preload))
+        return started[-1]
+
+    yield _start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture()
+def server(start_server):
+    """A bare server (nothing preloaded): (its Popen, the jobs' environment)."""
+    return start_server(False), dict(os.environ)
 
 
 def _wait_for(path: Path, seconds: float = 60) -> str:
@@ -96,22 +109,15 @@ def test_the_server_dies_with_the_process_that_started_it(tmp_path):
         time.sleep(0.05)
 
 
-def test_a_child_of_the_real_server_computes_with_its_job_s_threads(tmp_path, monkeypatch):
+def test_a_child_of_the_real_server_computes_with_its_job_s_threads(start_server, tmp_path, monkeypatch):
     """The server imported torch and BLAS under its own environment; a job's OMP_NUM_THREADS (Snakemake's
     ``threads``) must hold in its child as in a fresh process."""
-    from lorabench.execution.warm import SOCKET_ENV, start
-
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(REPO / "src")]))
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", SOCKET_ENV):
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
-    server = start(str(tmp_path / "warm.log"))  # preloads torch, transformers, PEFT, the package
-    try:
-        client = _client("warm_targets:threads", tmp_path / "job.log", {**os.environ, "OMP_NUM_THREADS": "1"},
-                         tmp_path, path=str(tmp_path / "threads"))
-        assert client.wait(timeout=300) == 0, (tmp_path / "job.log").read_text()
-    finally:
-        server.kill()
-        server.wait()
+    start_server(True)  # preloads torch, transformers, PEFT, the package
+    client = _client("warm_targets:threads", tmp_path / "job.log", {**os.environ, "OMP_NUM_THREADS": "1"},
+                     tmp_path, path=str(tmp_path / "threads"))
+    assert client.wait(timeout=300) == 0, (tmp_path / "job.log").read_text()
     assert (tmp_path / "threads").read_text() == "1"
 
 

@@ -274,9 +274,10 @@ def start(log: str, preload: bool = True):
     listener.listen(64)
     os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
     with open(log, "w") as out, listener:
-        server = subprocess.Popen([sys.executable, "-m", "lorabench.execution.warm", str(listener.fileno()),
-                                   str(os.getpid()), *([] if preload else ["--bare"])], stdin=subprocess.DEVNULL, stdout=out,
-                                  stderr=subprocess.STDOUT, pass_fds=[listener.fileno()])
+        command = [sys.executable, "-m", "lorabench.execution.warm", str(listener.fileno()), str(os.getpid()),
+                   *([] if preload else ["--bare"])]
+        server = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                  pass_fds=[listener.fileno()])
     os.environ[SOCKET_ENV] = name
     return server
 
