@@ -17,7 +17,12 @@ lorabench/execution/warm.py); startup_load_s_per_process = the mean start-up (in
 plus load (model and data) of the torch jobs' processes, which record it (a process that trains several
 seeds, ``seeds_per_job``, loads once per seed and starts once); wall_s = from the first job's start to the
 last job's end (each ``results/benchmarks/**.tsv`` is written when its job ends and holds the job's seconds).
-A table before it gives the start-up and load per kind of torch job.
+A table before it gives the start-up and load per kind of torch job, and one before that splits "everything
+else" into its parts: saving and set-up inside the torch jobs (the adapter's save, its statistics, the metrics'
+writing, the optimizer's set-up), the torch jobs' seconds outside their phases (Snakemake's job start and
+end, the seeds' forks), the jobs that record no phases (fetching, tokenizing, predictors, aggregation,
+figures, the report), the time between jobs when none ran (Snakemake's scheduling), less the time jobs ran
+in parallel.
 
 The phases come from ``job_phases_s`` in each run's train_metrics.json and each efficiency JSON. Results
 of older layouts (separate evaluate and flops jobs, no phases) are read too: their training loops and
@@ -84,6 +89,30 @@ def phase_seconds(results: Path, jobs: pd.DataFrame, startup: list | None = None
     return total
 
 
+def everything_else_parts(results: Path, jobs: pd.DataFrame, wall: float) -> dict[str, float]:
+    """The parts of "everything else" (the module's docstring); they sum to it."""
+    inside = phased = 0.0
+    for train_json in (results / "runs").rglob("train_metrics.json"):
+        m = _json(train_json)
+        phases = m.get("job_phases_s")
+        if phases:  # the loop phase holds the optimizer's set-up besides the timed loop; the curve was moved out
+            inside += phases.get("save", 0.0) + phases["train_loop"] - m["train_time_s"]
+            phased += phases["total"]
+    for eff_json in (results / "efficiency").rglob("*.json"):
+        phased += _json(eff_json)["job_phases_s"]["total"]
+    torch_rules = jobs["rule"].isin(["train", "efficiency"])
+    intervals = sorted(zip(jobs["end"] - jobs["s"], jobs["end"]))
+    busy, reach = 0.0, intervals[0][0]
+    for start, end in intervals:  # the union of the jobs' intervals
+        busy += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return {"saving and set-up in torch jobs": inside,
+            "torch jobs outside their phases": float(jobs.loc[torch_rules, "s"].sum()) - phased,
+            "jobs without phases": float(jobs.loc[~torch_rules, "s"].sum()),
+            "between jobs": wall - busy,
+            "jobs in parallel": busy - float(jobs["s"].sum())}
+
+
 def breakdown(results: Path) -> tuple[pd.DataFrame, dict]:
     jobs = job_times(results)
     wall = float((jobs["end"]).max() - (jobs["end"] - jobs["s"]).min())
@@ -92,6 +121,7 @@ def breakdown(results: Path) -> tuple[pd.DataFrame, dict]:
     seconds["everything else"] = wall - sum(seconds.values())
     table = pd.DataFrame({"where": CATEGORIES, "seconds": [seconds[c] for c in CATEGORIES]})
     table["share_of_wall"] = table["seconds"] / wall
+    parts = everything_else_parts(results, jobs, wall)
     by_rule = jobs.groupby("rule")["s"].agg(["count", "sum", "mean"]).sort_values("sum", ascending=False)
     loops = seconds["training loops"]
     per_process = (pd.DataFrame(startup, columns=["job", "startup_s", "load_s", "process", "warm"])
@@ -106,7 +136,7 @@ def breakdown(results: Path) -> tuple[pd.DataFrame, dict]:
               "startup_load_s_per_process": float((per_process["startup_s"] + per_process["load_s"]).mean())
               if len(per_process) else float("nan"),
               "startup_by_kind": by_kind, "jobs": len(jobs), "wall_s": wall,
-              "job_seconds": float(jobs["s"].sum()), "by_rule": by_rule}
+              "job_seconds": float(jobs["s"].sum()), "by_rule": by_rule, "else_parts": parts}
     return table, totals
 
 
@@ -118,6 +148,9 @@ def main(argv=None) -> int:
     print(f"{args.results}: {totals['jobs']} jobs, wall {totals['wall_s']:.0f} s, "
           f"summed job time {totals['job_seconds']:.0f} s")
     print(table.to_string(index=False, formatters={"seconds": "{:.0f}".format, "share_of_wall": "{:.1%}".format}))
+    print("\neverything else, in parts (seconds; 'jobs in parallel' is time counted twice):")
+    for part, seconds in totals["else_parts"].items():
+        print(f"  {part:34s} {seconds:8.0f}")
     print("\njobs by rule (Snakemake benchmark seconds):")
     print(totals["by_rule"].to_string(float_format="{:.1f}".format))
     print(f"\nPython processes: {totals['processes']} (one per job, every rule runs a script, plus Snakemake's own "

@@ -143,6 +143,21 @@ def test_structured_pruning_removes_whole_rank_components(loader, rows, collator
     assert method.report(model)["adapter_sparsity"] > 0.3
 
 
+@pytest.mark.parametrize("shape", [(384, 8, 384), (1536, 8, 576), (576, 4, 1536)])
+def test_adapter_rank_from_the_factors_equals_the_rank_of_the_product(shape):
+    from lorabench.methods.adapter_stats import _product_rank
+
+    out, r, inp = shape
+    gen = torch.Generator().manual_seed(out + inp)
+    for live in range(r + 1):  # components zeroed as structured pruning does, and a tiny but real one
+        b, a = torch.randn(out, r, generator=gen), torch.randn(r, inp, generator=gen)
+        b[:, live:] = 0
+        if live:
+            a[0] *= 1e-3
+        full = int(torch.linalg.matrix_rank(b @ a))
+        assert _product_rank(b, a) == full == live
+
+
 def test_l1_penalty_makes_adapters_sparser_than_plain_lora(loader, rows, collator):
     sparsities = {}
     for name in ("lora", "sparse_lora_l1"):

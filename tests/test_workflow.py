@@ -339,3 +339,7 @@ def test_pipeline_efficiency_accounts_for_the_smoke_run(smoke_run, capsys, monke
     for where in ("held-out curve", "evaluation", "efficiency timing", "FLOPs", "start-up and load"):
         assert seconds[where] > 0, where
     assert seconds.sum() == pytest.approx(totals["wall_s"])  # every second of the wall time is placed
+    parts = totals["else_parts"]  # "everything else", split: its parts account for all of it
+    assert sum(parts.values()) == pytest.approx(seconds["everything else"], abs=0.5)
+    assert parts["saving and set-up in torch jobs"] > 0 and parts["jobs without phases"] > 0
+    assert parts["between jobs"] >= -1e-6 and parts["jobs in parallel"] <= 1e-6

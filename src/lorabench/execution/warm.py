@@ -39,7 +39,8 @@ import traceback
 SOCKET_ENV = "LORABENCH_WARM_SOCKET"
 #: What the server imports before it forks: every torch job's target and the libraries they import.
 PRELOAD = ("lorabench.execution.jobs", "lorabench.execution.seed_chunk", "lorabench.methods.sparselora.predictors",
-           "lorabench.loading.data", "lorabench.loading.models")
+           "lorabench.loading.data", "lorabench.loading.models", "lorabench.execution.flops",
+           "lorabench.execution.inference")
 _LENGTH = struct.Struct("!Q")
 _STATUS = struct.Struct("!i")
 _PR_SET_PDEATHSIG = 1
