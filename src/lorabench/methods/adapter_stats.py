@@ -25,8 +25,8 @@ def adapter_weights(model: torch.nn.Module):
 def _product_rank(b: torch.Tensor, a: torch.Tensor) -> int:
     """The numerical rank of ``b @ a`` (out x r times r x in) without forming it: with b = Qb Rb and a.T = Qa Ra,
     b @ a = Qb (Rb Ra.T) Qa.T has the singular values of the r x r core, so an 8 x 8 SVD replaces one of 384 x 384
-    for MiniLM at rank 8 (the time saved: docs/measurements/default-run.md, 2026-12-07 (evening)). The tolerance is matrix_rank's default for the full product,
-    eps x max(out, in) x the largest singular value."""
+    for MiniLM at rank 8 (the time saved: docs/measurements/default-run.md, 2026-12-07 (evening)). The
+    tolerance is matrix_rank's default for the full product, eps x max(out, in) x the largest singular value."""
     core = torch.linalg.qr(b, mode="r")[1] @ torch.linalg.qr(a.T, mode="r")[1].T
     return int(torch.linalg.matrix_rank(core, rtol=torch.finfo(core.dtype).eps * max(b.shape[0], a.shape[1])))
 
