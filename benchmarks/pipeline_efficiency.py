@@ -60,7 +60,8 @@ def _json(path: Path) -> dict:
 
 def phase_seconds(results: Path, jobs: pd.DataFrame, startup: list | None = None) -> dict[str, float]:
     """Summed seconds per category over every torch job (everything else is filled in by the caller); each
-    torch job's (kind, start-up s, load s) appended to ``startup``."""
+    torch job's (kind, start-up s, load s, process, warm, its phases' total s, its saving and set-up s) appended
+    to ``startup``."""
     startup = [] if startup is None else startup
     total = dict.fromkeys(CATEGORIES[:-1], 0.0)
     for train_json in (results / "runs").rglob("train_metrics.json"):
@@ -73,7 +74,11 @@ def phase_seconds(results: Path, jobs: pd.DataFrame, startup: list | None = None
             total["start-up and load"] += phases["startup"] + phases["load"]
             # seeds_per_job: a process's seeds each record their load; the first also the process's start-up
             process = (phases["process_id"], phases["process_started_unix_s"]) if "process_id" in phases else train_json
-            startup.append(("train", phases["startup"], phases["load"], process, phases.get("warm_process", False)))
+            # saving and set-up: the loop phase holds the optimizer's set-up besides the timed loop (the curve was
+            # moved out of it)
+            inside = phases.get("save", 0.0) + phases["train_loop"] - m["train_time_s"]
+            startup.append(("train", phases["startup"], phases["load"], process, phases.get("warm_process", False),
+                            phases["total"], inside))
             total["tracking"] += phases.get("tracking", 0.0)  # with `tracking:` on: opening, final metrics
         else:  # older layout: the evaluation forward was timed by a separate evaluate job
             eval_json = train_json.parent / "eval_metrics.json"
@@ -84,23 +89,16 @@ def phase_seconds(results: Path, jobs: pd.DataFrame, startup: list | None = None
         total["efficiency timing"] += phases["efficiency_timing"]
         total["FLOPs"] += phases["flops"]
         total["start-up and load"] += phases["startup"] + phases["load"]
-        startup.append(("efficiency", phases["startup"], phases["load"], eff_json, phases.get("warm_process", False)))
+        startup.append(("efficiency", phases["startup"], phases["load"], eff_json, phases.get("warm_process", False),
+                        phases["total"], 0.0))
     total["FLOPs"] += jobs.loc[jobs["rule"] == "flops", "s"].sum()  # older layout: whole flops jobs
     return total
 
 
-def everything_else_parts(results: Path, jobs: pd.DataFrame, wall: float) -> dict[str, float]:
-    """The parts of "everything else" (the module's docstring); they sum to it where every torch job records
-    its phases (an older layout's evaluate jobs are counted in both evaluation and the jobs without phases)."""
-    inside = phased = 0.0
-    for train_json in (results / "runs").rglob("train_metrics.json"):
-        m = _json(train_json)
-        phases = m.get("job_phases_s")
-        if phases:  # the loop phase holds the optimizer's set-up besides the timed loop; the curve was moved out
-            inside += phases.get("save", 0.0) + phases["train_loop"] - m["train_time_s"]
-            phased += phases["total"]
-    for eff_json in (results / "efficiency").rglob("*.json"):
-        phased += _json(eff_json)["job_phases_s"]["total"]
+def everything_else_parts(records: pd.DataFrame, jobs: pd.DataFrame, wall: float) -> dict[str, float]:
+    """The parts of "everything else" (the module's docstring), from the torch jobs' ``records`` (phase_seconds);
+    they sum to it where every torch job records its phases (an older layout's evaluate jobs are counted in both
+    evaluation and the jobs without phases)."""
     torch_rules = jobs["rule"].isin(["train", "efficiency"])
     no_phases = ~torch_rules & (jobs["rule"] != "flops")  # an older layout's flops jobs are counted as FLOPs
     intervals = sorted(zip(jobs["end"] - jobs["s"], jobs["end"]))
@@ -108,8 +106,8 @@ def everything_else_parts(results: Path, jobs: pd.DataFrame, wall: float) -> dic
     for start, end in intervals:  # the union of the jobs' intervals
         busy += max(0.0, end - max(start, reach))
         reach = max(reach, end)
-    return {"saving and set-up in torch jobs": inside,
-            "torch jobs outside their phases": float(jobs.loc[torch_rules, "s"].sum()) - phased,
+    return {"saving and set-up in torch jobs": float(records["inside_s"].sum()),
+            "torch jobs outside their phases": float(jobs.loc[torch_rules, "s"].sum() - records["total_s"].sum()),
             "jobs without phases": float(jobs.loc[no_phases, "s"].sum()),
             "between jobs": wall - busy,
             "jobs in parallel": busy - float(jobs["s"].sum())}
@@ -123,11 +121,11 @@ def breakdown(results: Path) -> tuple[pd.DataFrame, dict]:
     seconds["everything else"] = wall - sum(seconds.values())
     table = pd.DataFrame({"where": CATEGORIES, "seconds": [seconds[c] for c in CATEGORIES]})
     table["share_of_wall"] = table["seconds"] / wall
-    parts = everything_else_parts(results, jobs, wall)
     by_rule = jobs.groupby("rule")["s"].agg(["count", "sum", "mean"]).sort_values("sum", ascending=False)
     loops = seconds["training loops"]
-    per_process = (pd.DataFrame(startup, columns=["job", "startup_s", "load_s", "process", "warm"])
-                   .astype({"process": str}).groupby(["job", "process"], as_index=False)
+    records = pd.DataFrame(startup, columns=["job", "startup_s", "load_s", "process", "warm", "total_s", "inside_s"])
+    parts = everything_else_parts(records, jobs, wall)
+    per_process = (records.astype({"process": str}).groupby(["job", "process"], as_index=False)
                    .agg(startup_s=("startup_s", "sum"), load_s=("load_s", "sum"), warm=("warm", "any")))
     by_kind = per_process.groupby("job").agg(processes=("startup_s", "size"), startup_s_mean=("startup_s", "mean"),
                                              load_s_mean=("load_s", "mean"))
