@@ -38,3 +38,28 @@ def test_budget_refuses_a_bad_variant_before_training(tmp_path):
     assert not (tmp_path / "cache").exists()
     proc = _run(["sst2", '{"dataset": {}, "optimizer": "sgd"}'], tmp_path, timeout=120)
     assert proc.returncode != 0 and "optimizer" in proc.stderr and "allowed: dataset, training, params" in proc.stderr
+
+
+def test_against_commit_runs_the_same_workload_with_the_curves_off(tmp_path):
+    """benchmarks/against_commit.py: the base tree is the commit's files, the two configs differ in the curves
+    only (here the base is this commit), and the config it runs this tree on is one the validator accepts."""
+    import yaml
+
+    from lorabench.config import validate_config
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import against_commit
+
+    tree = against_commit.base_tree("HEAD", tmp_path)
+    assert (tree / "Snakefile").exists() and (tree / "src" / "lorabench" / "__init__.py").exists()
+    config = yaml.safe_load((tree / "config.yaml").read_text())
+    base = against_commit.workload(config, ["sst2"])
+    head = against_commit.workload(config, ["sst2"], curves=False)
+    assert list(head["datasets"]) == ["sst2"] and "base" not in head["methods"]  # base trains on WikiText-2 only
+    assert "wikitext2" in config["datasets"] and "base" in config["methods"]  # the cut made a copy
+    found = against_commit.differences(base, head)
+    assert found and all(line.split(":")[0] in {"evaluation.curve_points", *(f"datasets.sst2.{k}" for k in
+                                                against_commit.CURVE_KEYS)} for line in found), found
+    assert "holdout_size" not in head["datasets"]["sst2"] and "holdout_size" in config["datasets"]["sst2"]
+    checked = validate_config(head)
+    assert checked["evaluation"]["curve_points"] == 0 and checked["datasets"]["sst2"]["holdout_size"] is None
