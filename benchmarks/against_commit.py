@@ -96,7 +96,8 @@ def run_arm(tree: Path, config: dict, workdir: Path, cores: int) -> float:
     workdir.mkdir(parents=True, exist_ok=True)
     configfile = workdir.parent / f"{workdir.name}.yaml"
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "src"), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(tree / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # no empty entry: that would put the cwd first
     log = workdir.parent / f"{workdir.name}.log"
     cmd = [sys.executable, "-m", "snakemake", "-s", str(tree / "Snakefile"), "-d", str(workdir),
            "--configfile", str(configfile), "--cores", str(cores)]
