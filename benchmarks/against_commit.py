@@ -26,13 +26,13 @@ import os
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import yaml
 
+from chaos import SNAPSHOTS, run_through  # this folder is on sys.path: a benchmark runs as a script
+
 REPO = Path(__file__).resolve().parents[1]
-SNAPSHOTS = Path(os.environ.get("LORABENCH_SNAPSHOTS", REPO.parent / "shared" / "hf")).resolve()
 CURVE_KEYS = ("holdout_size", "curve_points", "target")
 
 
@@ -98,16 +98,7 @@ def run_arm(tree: Path, config: dict, workdir: Path, cores: int) -> float:
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     paths = [str(tree / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # no empty entry: that would put the cwd first
-    log = workdir.parent / f"{workdir.name}.log"
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(tree / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(configfile), "--cores", str(cores)]
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - start
-    if proc.returncode:
-        raise SystemExit(f"the run of {tree} failed after {seconds:.0f} s; see {log}")
-    return seconds
+    return run_through(workdir, configfile, cores, workdir.parent / f"{workdir.name}.log", tree=tree, env=env)
 
 
 def main(argv=None) -> int:

@@ -73,19 +73,21 @@ def chaos_config(methods=("lora", "full_ft"), datasets=("sst2", "imdb"), seeds=(
     return cfg
 
 
-def snakemake_cmd(workdir: Path, configfile: Path, cores: int) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+def snakemake_cmd(workdir: Path, configfile: Path, cores: int, tree: Path = REPO) -> list[str]:
+    """Snakemake on ``tree``'s Snakefile (default: this tree's), in ``workdir``."""
+    return [sys.executable, "-m", "snakemake", "-s", str(tree / "Snakefile"), "-d", str(workdir),
             "--configfile", str(configfile), "--cores", str(cores), "--rerun-incomplete"]
 
 
-def run_through(workdir: Path, configfile: Path, cores: int, log: Path, timeout: float) -> float:
-    """One uninterrupted run; its wall seconds."""
+def run_through(workdir: Path, configfile: Path, cores: int, log: Path, timeout: float | None = None,
+                tree: Path = REPO, env: dict | None = None) -> float:
+    """One uninterrupted run of ``tree``'s workflow (with ``env``, default this process's); its wall seconds."""
     start = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.run(snakemake_cmd(workdir, configfile, cores), stdout=out, stderr=subprocess.STDOUT,
-                              timeout=timeout)
+        proc = subprocess.run(snakemake_cmd(workdir, configfile, cores, tree), stdout=out, stderr=subprocess.STDOUT,
+                              timeout=timeout, env=env)
     if proc.returncode:
-        raise SystemExit(f"the run in {workdir} failed; see {log}")
+        raise SystemExit(f"the run in {workdir} failed after {time.perf_counter() - start:.0f} s; see {log}")
     return time.perf_counter() - start
 
 
